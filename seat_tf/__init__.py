@@ -1,0 +1,47 @@
+"""seat-tf: SEAT and baseline adversarial training for Keras 3 / TensorFlow.
+
+    import keras, seat_tf
+    classifier = seat_tf.models.small_cnn(input_shape=(28, 28, 1), num_classes=10)
+    model = seat_tf.SEATModel(classifier, epsilon=0.1, lam=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    model.fit(train_ds, validation_data=test_ds, epochs=10)
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from seat_tf import attacks, data, losses, models  # noqa: E402
+from seat_tf.data import load_dataset  # noqa: E402
+from seat_tf.training import (  # noqa: E402
+    METHODS,
+    AdversarialModel,
+    FGSMATModel,
+    GradAlignModel,
+    NFGSMModel,
+    PGDATModel,
+    RSFGSMModel,
+    SEATModel,
+    TRADESModel,
+    get_method,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "AdversarialModel",
+    "FGSMATModel",
+    "GradAlignModel",
+    "NFGSMModel",
+    "PGDATModel",
+    "RSFGSMModel",
+    "SEATModel",
+    "TRADESModel",
+    "attacks",
+    "data",
+    "get_method",
+    "load_dataset",
+    "losses",
+    "models",
+]

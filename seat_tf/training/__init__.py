@@ -1,0 +1,45 @@
+"""Adversarial-training methods: one skeleton (base.py), one small subclass per method."""
+
+from seat_tf.training.base import AdversarialModel, check_batch
+from seat_tf.training.baselines import (
+    FGSMATModel,
+    GradAlignModel,
+    NFGSMModel,
+    PGDATModel,
+    RSFGSMModel,
+    TRADESModel,
+)
+from seat_tf.training.seat import SEATModel
+
+METHODS = {
+    "seat": SEATModel,
+    "fgsm_at": FGSMATModel,
+    "rs_fgsm": RSFGSMModel,
+    "n_fgsm": NFGSMModel,
+    "pgd_at": PGDATModel,
+    "trades": TRADESModel,
+    "grad_align": GradAlignModel,
+}
+
+
+def get_method(name):
+    """The model class of a training method by name (see METHODS)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"Unknown training method {name!r}; choose one of {sorted(METHODS)}.") from None
+
+
+__all__ = [
+    "METHODS",
+    "AdversarialModel",
+    "FGSMATModel",
+    "GradAlignModel",
+    "NFGSMModel",
+    "PGDATModel",
+    "RSFGSMModel",
+    "SEATModel",
+    "TRADESModel",
+    "check_batch",
+    "get_method",
+]

@@ -1,0 +1,333 @@
+"""The training skeleton every adversarial-training method shares.
+
+`AdversarialModel` wraps a classifier (images in [0, 1] -> logits). Its `train_step` is
+written once:
+
+    1. (optional) clean pass: logits, per-example cross-entropy and its input gradient at x,
+       recorded on the weights tape so objectives can use them (SEAT, TRADES, GradAlign);
+    2. perturb(): the method's attack, outside the weights tape;
+    3. objective(): the method's loss, a replica-local share of the global-batch objective;
+    4. gradients, optimizer update, metrics.
+
+A method subclass overrides only `perturb` and `objective` (and says whether it needs the
+clean pass). Reductions go through `batch_mean` / `abs_of_batch_mean` / `flooded_mean`,
+which average over the *global* batch, so the same code is correct on one device and under
+`MirroredStrategy` / `MultiWorkerMirroredStrategy` (the optimizer sums replica gradients).
+"""
+
+import collections
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from seat_tf import attacks, losses
+
+CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad"])
+CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
+
+
+def _replica_sum(value):
+    """Sum of a value over all replicas in sync (identity without a strategy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _num_replicas():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
+def check_batch(x, y=None, num_classes=None):
+    """Raises ValueError with a useful message if a batch is not images in [0, 1] with
+    integer labels in [0, num_classes). Works on NumPy arrays and eager tensors."""
+    x = np.asarray(x)
+    if x.ndim not in (3, 4):
+        raise ValueError(
+            f"Expected a batch of images of rank 4 [batch, height, width, channels] (or 3 without "
+            f"channels), got shape {x.shape}. Batch your tf.data pipeline with .batch(n)."
+        )
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(
+            f"Images must be floats in [0, 1], got dtype {x.dtype}. Convert with "
+            "tf.cast(images, tf.float32) / 255."
+        )
+    if x.size and (x.min() < 0.0 or x.max() > 1.0):
+        hint = " They look like 0-255 pixel values: divide by 255." if x.max() > 1.0 + 1e-6 and x.max() <= 255 else ""
+        raise ValueError(f"Images must lie in [0, 1], got values in [{x.min():.4g}, {x.max():.4g}].{hint}")
+    if y is None:
+        return
+    y = np.asarray(y)
+    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise ValueError(
+            f"Labels must be integer class ids of shape [batch], got shape {y.shape} "
+            "(one-hot labels? use tf.argmax(y, axis=-1))."
+        )
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError(f"Labels must be integer class ids, got non-integer values of dtype {y.dtype}.")
+    if y.size and num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"Labels must lie in [0, {num_classes}), got values in [{y.min()}, {y.max()}].")
+
+
+@keras.saving.register_keras_serializable(package="seat_tf")
+class AdversarialModel(keras.Model):
+    """Base class: a Keras model that trains `classifier` adversarially with `fit()`.
+
+    Args:
+      classifier: a Keras model mapping images in [0, 1] to logits [B, num_classes].
+      epsilon: L-inf radius of the training (and validation) perturbation, in [0, 1] units.
+      val_attack: attack used by `evaluate` / validation to report `robust_accuracy`: a name
+        such as "pgd10" (default), "pgd20", "fgsm", a `seat_tf.attacks.LinfPGD`, or None.
+      epsilon_warmup_steps: ramp eps linearly from 0 over this many optimizer steps.
+      attack_training: run the classifier in training mode in the attack's forward passes
+        (batch-norm uses batch statistics, as in the SEAT authors' code) or in inference mode.
+      seed: seed for the random starts of the attacks.
+
+    `call` runs the classifier, so `predict`, `save` and `export` see a plain classifier.
+    """
+
+    # Subclasses set these. clean_pass: None (no clean pass), "value" (logits and loss at x),
+    # "gradient" (also grad_x l(x), a constant for the weights) or "differentiable_gradient"
+    # (double backprop through it). logged_metrics: names of the extra per-example values
+    # their objective logs (each gets a Mean metric).
+    clean_pass = None
+    logged_metrics = ()
+
+    def __init__(
+        self,
+        classifier,
+        epsilon=8 / 255,
+        val_attack="pgd10",
+        epsilon_warmup_steps=0,
+        attack_training=True,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(classifier, keras.Model):
+            raise ValueError(f"classifier must be a keras.Model mapping images to logits, got {type(classifier)}.")
+        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon)) or epsilon < 0:
+            raise ValueError(f"epsilon must be a finite number >= 0 (in [0, 1] pixel units), got {epsilon!r}.")
+        if epsilon > 1:
+            raise ValueError(f"epsilon={epsilon} exceeds the [0, 1] image range; write 8/255, not 8.")
+        if epsilon_warmup_steps < 0:
+            raise ValueError(f"epsilon_warmup_steps must be >= 0, got {epsilon_warmup_steps}.")
+        self.classifier = classifier
+        self.epsilon = float(epsilon)
+        self.val_attack = attacks.get_attack(val_attack)
+        self._val_attack_spec = val_attack if not isinstance(val_attack, attacks.LinfPGD) else val_attack.get_config()
+        self.epsilon_warmup_steps = int(epsilon_warmup_steps)
+        self.attack_training = bool(attack_training)
+        self.seed = seed
+        # Stateless noise: seed (drawn from NumPy if None, so keras.utils.set_random_seed
+        # makes runs reproducible) and the optimizer step; a resumed run replays the same noise.
+        self._noise_seed = int(seed) if seed is not None else int(np.random.randint(0, 2**31 - 1))
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.clean_accuracy = keras.metrics.Mean(name="clean_accuracy")
+        self.adv_accuracy = keras.metrics.Mean(name="adv_accuracy")
+        self.robust_accuracy = keras.metrics.Mean(name="robust_accuracy")
+        self.extra_trackers = {name: keras.metrics.Mean(name=name) for name in self.logged_metrics}
+        if classifier.inputs:
+            self.build(tuple(classifier.inputs[0].shape))
+
+    # -- Keras plumbing -------------------------------------------------------------------
+
+    def build(self, input_shape):
+        if not self.classifier.built:
+            self.classifier.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    @property
+    def num_classes(self):
+        return int(self.classifier.outputs[0].shape[-1]) if self.classifier.outputs else None
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.clean_accuracy, self.adv_accuracy, self.robust_accuracy] + list(
+            self.extra_trackers.values()
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            classifier=keras.saving.serialize_keras_object(self.classifier),
+            epsilon=self.epsilon,
+            val_attack=self._val_attack_spec,
+            epsilon_warmup_steps=self.epsilon_warmup_steps,
+            attack_training=self.attack_training,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["classifier"] = keras.saving.deserialize_keras_object(config["classifier"])
+        return cls(**config)
+
+    # -- input validation -----------------------------------------------------------------
+
+    def _check_data(self, x, y):
+        if isinstance(x, tf.data.Dataset):
+            spec = x.element_spec
+            if not isinstance(spec, tuple) or len(spec) < 2:
+                raise ValueError("The dataset must yield (images, labels) pairs, got element_spec " f"{spec}.")
+            for images, labels in x.take(1):
+                check_batch(images.numpy(), labels.numpy(), self.num_classes)
+        elif x is not None and not isinstance(x, (dict, list)) and hasattr(x, "shape"):
+            check_batch(x[:256], None if y is None else np.asarray(y)[:256], self.num_classes)
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        self._check_data(x, y)
+        if isinstance(validation_data, tf.data.Dataset):
+            self._check_data(validation_data, None)
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        self._check_data(x, y)
+        return super().evaluate(x, y, *args, **kwargs)
+
+    # -- reductions over the global batch (correct under any tf.distribute strategy) -----
+
+    def _global_batch_size(self, values):
+        return _replica_sum(tf.cast(tf.shape(values)[0], tf.float32))
+
+    def batch_mean(self, values):
+        """Replica-local share of the global-batch mean of per-example `values` [B]."""
+        values = tf.cast(values, tf.float32)
+        return tf.reduce_sum(values) / self._global_batch_size(values)
+
+    def abs_of_batch_mean(self, values, offset=0.0):
+        """Share of |mean(values) - offset| over the global batch, with the right gradient.
+
+        The value of the global mean needs an all-reduce; its gradient is
+        sign(mean - offset) * d mean, which each replica contributes locally.
+        """
+        share = self.batch_mean(values)
+        global_mean = _replica_sum(tf.stop_gradient(share))
+        sign = tf.sign(global_mean - offset)
+        value_share = tf.abs(global_mean - offset) / _num_replicas()
+        return sign * share + tf.stop_gradient(value_share - sign * share)
+
+    def flooded_mean(self, values, level):
+        """Share of the flooded global mean |mean(values) - b| + b (plain mean if b is None)."""
+        if level is None:
+            return self.batch_mean(values)
+        return self.abs_of_batch_mean(values, offset=level) + level / _num_replicas()
+
+    # -- the step --------------------------------------------------------------------------
+
+    def current_epsilon(self):
+        """eps, ramped linearly from 0 over `epsilon_warmup_steps` optimizer steps."""
+        if not self.epsilon_warmup_steps:
+            return tf.constant(self.epsilon, tf.float32)
+        progress = tf.cast(self.optimizer.iterations + 1, tf.float32) / float(self.epsilon_warmup_steps)
+        return self.epsilon * tf.minimum(1.0, progress)
+
+    def step_seed(self):
+        """Stateless seed [2] for this training step's random starts."""
+        step = tf.cast(self.optimizer.iterations, tf.int32)
+        return tf.stack([tf.constant(self._noise_seed, tf.int32), step])
+
+    def classify(self, x, training):
+        """Logits as float32 (the classifier may compute in float16 under mixed precision)."""
+        return tf.cast(self.classifier(x, training=training), tf.float32)
+
+    def attack_logits(self, x):
+        """Logits in the mode the training attack uses (see `attack_training`)."""
+        return self.classify(x, training=self.attack_training)
+
+    def compute_clean_pass(self, x, y, weights_tape):
+        """Logits, cross-entropy [B] and (per `clean_pass`) its input gradient at the clean x.
+
+        The forward pass is recorded on the weights tape (objectives use l(x)); the input
+        gradient is computed once and shared by the attack and the objective. Unless
+        `clean_pass == "differentiable_gradient"` it is computed off the weights tape and is
+        a constant there (no double backprop).
+        """
+        if self.clean_pass not in CLEAN_PASSES:
+            raise ValueError(f"clean_pass must be one of {CLEAN_PASSES}, got {self.clean_pass!r}.")
+        differentiable = self.clean_pass == "differentiable_gradient"
+        grad = None
+        with weights_tape:
+            with tf.GradientTape() as input_tape:
+                input_tape.watch(x)
+                logits = self.classify(x, training=True)
+                loss = losses.cross_entropy(y, logits)
+            if differentiable:
+                grad = input_tape.gradient(loss, x)
+        if self.clean_pass == "gradient":
+            grad = tf.stop_gradient(input_tape.gradient(loss, x))
+        return CleanPass(logits, loss, grad)
+
+    def perturb(self, x, y, epsilon, clean):
+        """Returns adversarial images for the batch. Override per method."""
+        raise NotImplementedError
+
+    def objective(self, x, y, x_adv, clean):
+        """Returns (loss share, logs): the replica-local share of the global-batch objective
+        (build it with batch_mean / flooded_mean / abs_of_batch_mean) and a dict of tensors to
+        log: "adv_logits" [B, K] for adv_accuracy, other per-example [B] or scalar values."""
+        raise NotImplementedError
+
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, tf.float32)
+        y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        epsilon = self.current_epsilon()
+        variables = self.classifier.trainable_variables
+        tape = tf.GradientTape()
+        clean = self.compute_clean_pass(x, y, tape) if self.clean_pass else None
+        # The attack runs off the weights tape: its passes cost no weight gradients.
+        x_adv = tf.stop_gradient(self.perturb(x, y, epsilon, clean))
+        with tape:
+            loss, logs = self.objective(x, y, x_adv, clean)
+            scaled_loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(grads, variables)
+        return self._update_train_metrics(x, y, loss, clean, logs)
+
+    def _update_train_metrics(self, x, y, loss, clean, logs):
+        batch = tf.shape(y)[0]
+        self.loss_tracker.update_state(loss * _num_replicas(), sample_weight=batch)
+        results = {"loss": self.loss_tracker.result()}
+        if clean is not None:
+            self.clean_accuracy.update_state(_correct(clean.logits, y))
+            results["clean_accuracy"] = self.clean_accuracy.result()
+        for name, value in logs.items():
+            if name == "adv_logits":
+                self.adv_accuracy.update_state(_correct(value, y))
+                results["adv_accuracy"] = self.adv_accuracy.result()
+            elif name in self.extra_trackers:
+                self.extra_trackers[name].update_state(value)
+                results[name] = self.extra_trackers[name].result()
+            else:
+                raise ValueError(f"{type(self).__name__}.objective logged {name!r}, which is not in logged_metrics.")
+        return results
+
+    def test_step(self, data):
+        """Clean loss and accuracy, and accuracy under `val_attack` (inference mode)."""
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, tf.float32)
+        y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        logits = self.classify(x, training=False)
+        self.loss_tracker.update_state(losses.cross_entropy(y, logits))
+        self.clean_accuracy.update_state(_correct(logits, y))
+        results = {"loss": self.loss_tracker.result(), "clean_accuracy": self.clean_accuracy.result()}
+        if self.val_attack is not None:
+            model_fn = lambda images: self.classify(images, training=False)  # noqa: E731
+            x_adv = self.val_attack(model_fn, x, y, self.epsilon, seed=self._noise_seed)
+            self.robust_accuracy.update_state(_correct(model_fn(x_adv), y))
+            results["robust_accuracy"] = self.robust_accuracy.result()
+        return results
+
+
+def _correct(logits, y):
+    return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
