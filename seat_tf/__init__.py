@@ -11,8 +11,17 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from seat_tf import attacks, data, losses, models  # noqa: E402
+try:
+    import tensorflow  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "seat-tf needs TensorFlow. Install one flavour: pip install 'seat-tf[gpu]' (NVIDIA GPUs), "
+        "'seat-tf[tf]' (standard wheel) or 'seat-tf[cpu]' (CPU only)."
+    ) from error
+
+from seat_tf import attacks, data, losses, models, schedules  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
+from seat_tf.evaluation import evaluate  # noqa: E402
 from seat_tf.training import (  # noqa: E402
     METHODS,
     AdversarialModel,
@@ -40,8 +49,10 @@ __all__ = [
     "TRADESModel",
     "attacks",
     "data",
+    "evaluate",
     "get_method",
     "load_dataset",
     "losses",
     "models",
+    "schedules",
 ]
