@@ -93,6 +93,16 @@ def train(argv):
     return 0
 
 
+# `seat-tf tune`: the code and its flags live in tuning/search.py (importing it defines them).
+from tuning import search as _tuning_search  # noqa: E402
+
+
+@command
+def tune(argv):
+    """KerasTuner search over SEAT's lam and flood level, then PGD-50-10 of the best trial."""
+    return _tuning_search.tune(argv)
+
+
 def main(argv):
     if len(argv) < 2 or argv[1] not in COMMANDS:
         names = ", ".join(sorted(COMMANDS))

@@ -49,6 +49,20 @@ def base_config():
     config.optimizer = ml_collections.ConfigDict(
         dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule="cyclic", peak_fraction=0.4)
     )
+    # Search space of `seat-tf tune` (tuning/hypermodel.py). lam's grid holds the paper's
+    # {0, 0.1, 0.3, 0.5, 0.7}; flood level 0 means no flooding. A min equal to its max fixes
+    # the value; unset learning-rate bounds keep optimizer.learning_rate.
+    config.tuning = ml_collections.ConfigDict(
+        dict(
+            lam_min=0.0, lam_max=1.0, lam_step=0.1,
+            flood_min=0.0, flood_max=0.5, flood_step=0.05,
+            warmup_epochs=(0,),  # choices of epsilon warm-up length, in epochs
+            lr_min=ml_collections.config_dict.placeholder(float),
+            lr_max=ml_collections.config_dict.placeholder(float),
+            clean_weight=0.0,  # objective: (1 - w) * robust + w * clean accuracy ...
+            clean_floor=ml_collections.config_dict.placeholder(float),  # ... - 1 below this clean accuracy
+        )
+    )
     return config
 
 
