@@ -184,11 +184,13 @@ def test_search_picks_the_trial_with_the_best_recorded_robust_accuracy(tmp_path,
     assert not glob.glob(os.path.join(project, "*.tmp*"))
 
 
-def test_weighted_objective_is_recorded_and_used(tmp_path, band_npz):
+def test_weighted_objective_bayesian_tuner_and_mirrored_strategy(tmp_path, band_npz):
     project = str(tmp_path / "tune")
     config = smoke_config(band_npz, clean_weight=0.5)
+    strategy = search.make_strategy("mirrored")  # one replica on a CPU: checks the plumbing
     summary = search.run_search(config, project, tuner="bayesian", max_trials=2, epochs_per_trial=1,
-                                final_attack="pgd1", final_examples=16, baseline=False, verbose=0)
+                                final_attack="pgd1", final_examples=16, baseline=False, strategy=strategy,
+                                verbose=0)
     assert summary["objective"] == "val_tuning_score"
     for state in recorded_trials(project).values():
         score = recorded_value(state, "val_tuning_score")

@@ -138,7 +138,8 @@ def markdown_report(summary):
     columns = ["trial", "status"] + names + ["best epoch", "val clean acc", "val robust acc"]
     if objective != "val_robust_accuracy":
         columns.append(objective)
-    lines = [f"## Trials ({summary['tuner']}, {summary['epochs_per_trial']} epochs each, objective {objective})", "",
+    budget = f"up to {summary['epochs_per_trial']}" if summary["tuner"] == "hyperband" else summary["epochs_per_trial"]
+    lines = [f"## Trials ({summary['tuner']}, {budget} epochs each, objective {objective})", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     best_id = (summary.get("best_trial") or {}).get("trial_id")
     for t in summary["trials"]:
