@@ -150,6 +150,30 @@ def test_build_maps_hyperparameters_onto_the_model():
     assert hypermodel.objective.name == "val_tuning_score"
 
 
+def test_trials_with_the_same_hyperparameters_train_identically(band_npz):
+    """Fresh training data per fit: no trial inherits another's place in the shuffle sequence."""
+    from seat_tf import experiment
+
+    config = smoke_config(band_npz)
+    config.dataset.train_limit = 128
+    shared = experiment.build_datasets(config)[0]
+    hypermodel = hm.SEATHyperModel(config, steps_per_epoch=2, epochs=2,
+                                   make_train_data=lambda: experiment.build_datasets(config)[0])
+    weights = []
+    for _ in range(2):
+        model = hypermodel.make_model(0.5, 0.0)
+        hypermodel.fit(None, model, shared, epochs=2, verbose=0)
+        weights.append(np.concatenate([w.ravel() for w in model.get_weights()]))
+    np.testing.assert_array_equal(weights[0], weights[1])
+    # Without it the second fit continues the shared dataset's shuffle sequence.
+    plain = hm.SEATHyperModel(config, steps_per_epoch=2, epochs=2)
+    for _ in range(2):
+        model = plain.make_model(0.5, 0.0)
+        plain.fit(None, model, shared, epochs=2, verbose=0)
+        weights.append(np.concatenate([w.ravel() for w in model.get_weights()]))
+    assert np.abs(weights[2] - weights[3]).max() > 0
+
+
 # -- searches ---------------------------------------------------------------------------------
 
 

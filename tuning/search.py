@@ -15,7 +15,8 @@ At the end the best trial's best-epoch weights are reloaded (`get_best_models`) 
 --baseline, the config's own SEAT settings (paper default lam=0.5, no flooding) are trained
 with the same budget and the same best-epoch rule. Both are evaluated with --final_attack
 (PGD-50 with 10 restarts) on --final_examples test images held out from the validation
-subset. Written to <project_dir>: tuning_summary.json, trials.md, trials.png.
+subset (dataset.test_limit becomes val_limit + final_examples). Written to <project_dir>:
+tuning_summary.json, trials.md, trials.png.
 
 Distributed search (several processes or machines share one oracle; KerasTuner's
 chief/worker protocol): start every process with the same flags and --project_dir on a
@@ -27,6 +28,7 @@ shared file system, and set
     KERASTUNER_TUNER_ID=tuner0, tuner1, ...   (workers: ask the chief for trials, train them)
 """
 
+import copy
 import json
 import os
 import sys
@@ -195,7 +197,7 @@ def scatter_plot(summary, path):
     ax.set_xlabel("validation clean accuracy")
     ax.set_ylabel(f"validation robust accuracy ({summary['val_attack']})")
     ax.set_title(f"SEAT tuning: {len(done)} trials, eps={summary['eps']:g}")
-    ax.margins(0.15)  # room for the labels
+    ax.margins(x=0.3, y=0.15)  # room for the labels
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _write_atomic(path, figure=fig)
@@ -247,6 +249,7 @@ def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_tri
     from tuning import hypermodel as hypermodel_lib
 
     # Everything that can fail on bad input happens before anything is written.
+    config = copy.deepcopy(config)  # the caller's config stays as it was
     epochs = int(epochs_per_trial or config.epochs)
     if max_trials < 1:
         raise ValueError(f"max_trials must be >= 1, got {max_trials}.")
@@ -270,7 +273,9 @@ def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_tri
     experiment.set_seed(config.seed)
     train_ds, test_ds, val_ds = experiment.build_datasets(config)
     steps = experiment.steps_per_epoch(config, train_ds)
-    hypermodel = hypermodel_lib.SEATHyperModel(config, steps_per_epoch=steps, epochs=epochs)
+    # Each trial (and the baseline) gets a freshly built training set: the same example order.
+    hypermodel = hypermodel_lib.SEATHyperModel(config, steps_per_epoch=steps, epochs=epochs,
+                                               make_train_data=lambda: experiment.build_datasets(config)[0])
     tuner_obj = make_tuner(tuner, hypermodel, project_dir, max_trials, epochs, seed=config.seed,
                            overwrite=overwrite and not is_worker, strategy=strategy)
 
