@@ -67,6 +67,9 @@ def _write_atomic(path, text=None, figure=None):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp" + os.path.splitext(path)[1])
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     with os.fdopen(fd, "w") as f:
         if text is not None:
             f.write(text)
@@ -182,14 +185,19 @@ def scatter_plot(summary, path):
                         c=lams, cmap="viridis", s=50, label="trials (colour: lam)")
     if done:
         fig.colorbar(points, ax=ax, label="lam")
+    # One label per point (trials with equal results share it), on the side away from the edge.
+    labels = {}
     for t in done:
         hp = t["hyperparameters"]
-        ax.annotate(f"{t['trial_id']}: lam={hp.get('lam', 0):.2g}, b={hp.get('flood_level', 0):.2g}",
-                    (t["val_clean_accuracy"], t["val_robust_accuracy"]), fontsize=7,
-                    xytext=(4, 3), textcoords="offset points")
+        key = (t["val_clean_accuracy"], t["val_robust_accuracy"])
+        labels.setdefault(key, []).append(f"{t['trial_id']}: lam={hp.get('lam', 0):.2g}, b={hp.get('flood_level', 0):.2g}")
         if t["trial_id"] == best_id:
-            ax.scatter([t["val_clean_accuracy"]], [t["val_robust_accuracy"]], marker="*", s=250,
-                       facecolors="none", edgecolors="red", label="best trial")
+            ax.scatter([key[0]], [key[1]], marker="*", s=250, facecolors="none", edgecolors="red", label="best trial")
+    middle = (min(k[0] for k in labels) + max(k[0] for k in labels)) / 2 if labels else 0.0
+    for (clean, robust), texts in labels.items():
+        right = clean <= middle
+        ax.annotate("\n".join(texts), (clean, robust), fontsize=7, xytext=(5 if right else -5, 3),
+                    textcoords="offset points", ha="left" if right else "right")
     baseline = summary.get("baseline")
     if baseline:
         ax.scatter([baseline["val_clean_accuracy"]], [baseline["val_robust_accuracy"]], marker="X", s=90,
@@ -197,7 +205,7 @@ def scatter_plot(summary, path):
     ax.set_xlabel("validation clean accuracy")
     ax.set_ylabel(f"validation robust accuracy ({summary['val_attack']})")
     ax.set_title(f"SEAT tuning: {len(done)} trials, eps={summary['eps']:g}")
-    ax.margins(x=0.3, y=0.15)  # room for the labels
+    ax.margins(x=0.1, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _write_atomic(path, figure=fig)
@@ -332,7 +340,7 @@ def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_tri
     final["subset"] = f"{subset}, {final['num_examples']} images"
     summary["final_evaluation"] = final
 
-    evaluation.write_json_atomic(summary, os.path.join(project_dir, "tuning_summary.json"))
+    _write_atomic(os.path.join(project_dir, "tuning_summary.json"), json.dumps(summary, indent=2))
     report = markdown_report(summary)
     _write_atomic(os.path.join(project_dir, "trials.md"), report)
     scatter_plot(summary, os.path.join(project_dir, "trials.png"))
