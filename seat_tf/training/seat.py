@@ -45,6 +45,11 @@ class SEATModel(AdversarialModel):
         backward pass); False treats g as a constant, as the authors' code does.
       linearity_clip: if set, clips each example's |residual| at this value in the objective
         (bounds the regularizer's gradient when the loss surface is very curved).
+      clean_loss_gradient: let the objective's gradient flow through l(x) in the linearity
+        term (the paper's and the authors' form). Minimizing |l(x') - l(x) - d.g| then also
+        pushes the clean loss l(x) *up* whenever the residual is positive; False treats l(x)
+        as a fixed target, so the term only pulls l(x') towards its linear prediction (and
+        the step needs no weight gradients through the clean pass).
     """
 
     logged_metrics = ("linearity_error", "adv_loss")
@@ -64,6 +69,7 @@ class SEATModel(AdversarialModel):
         reduction="example",
         double_backprop=False,
         linearity_clip=None,
+        clean_loss_gradient=True,
         **kwargs,
     ):
         super().__init__(classifier, epsilon=epsilon, **kwargs)
@@ -96,6 +102,7 @@ class SEATModel(AdversarialModel):
         self.reduction = reduction
         self.double_backprop = bool(double_backprop)
         self.linearity_clip = linearity_clip
+        self.clean_loss_gradient = bool(clean_loss_gradient)
         self.clean_pass = "differentiable_gradient" if double_backprop else "gradient"
 
     def get_config(self):
@@ -112,6 +119,7 @@ class SEATModel(AdversarialModel):
             reduction=self.reduction,
             double_backprop=self.double_backprop,
             linearity_clip=self.linearity_clip,
+            clean_loss_gradient=self.clean_loss_gradient,
         )
         return config
 
@@ -144,7 +152,8 @@ class SEATModel(AdversarialModel):
         """Flooded adversarial cross-entropy + lam * linearity error between x and x_adv."""
         adv_logits = self.classify(x_adv, training=True)
         adv_loss = losses.cross_entropy(y, adv_logits)
-        residual = losses.linearity_residual(adv_loss, clean.loss, x_adv - x, clean.grad)
+        clean_loss = clean.loss if self.clean_loss_gradient else tf.stop_gradient(clean.loss)
+        residual = losses.linearity_residual(adv_loss, clean_loss, x_adv - x, clean.grad)
         error = tf.abs(residual)
         if self.reduction == "batch":
             linearity = self.abs_of_batch_mean(residual)
