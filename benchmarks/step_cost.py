@@ -20,7 +20,8 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "runs/step_cost.json", "JSON output path.")
 flags.DEFINE_list("methods", ["plain", "fgsm_at", "rs_fgsm", "n_fgsm", "seat", "grad_align", "trades", "pgd_at"],
-                  "Methods to time ('plain' is non-adversarial training).")
+                  "Methods to time ('plain' is non-adversarial training); a variant is written "
+                  "name:key=value:key=value, e.g. seat:init='zero'.")
 flags.DEFINE_enum("jit", "off", ["off", "on", "both"], "jit_compile setting(s) to measure.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("steps", 10, "Timed steps per round.")
@@ -29,11 +30,24 @@ flags.DEFINE_float("epsilon", 0.2, "Attack radius (cost does not depend on it)."
 flags.DEFINE_string("model", "small_cnn", "small_cnn (28x28x1) or preact_resnet18 (32x32x3).")
 
 
-def build(name, classifier_weights, jit, epsilon):
+def parse_method(spec):
+    """'seat:init=\'zero\':lam=0.3' -> ('seat', {'init': 'zero', 'lam': 0.3})."""
+    import ast
+
+    name, *items = spec.split(":")
+    options = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        options[key] = ast.literal_eval(value)
+    return name, options
+
+
+def build(spec, classifier_weights, jit, epsilon):
     import keras
 
     import seat_tf
 
+    name, options = parse_method(spec)
     shape = (28, 28, 1) if FLAGS.model == "small_cnn" else (32, 32, 3)
     classifier = seat_tf.models.get(FLAGS.model, input_shape=shape, num_classes=10)
     classifier.set_weights(classifier_weights)
@@ -42,7 +56,7 @@ def build(name, classifier_weights, jit, epsilon):
         classifier.compile(optimizer=optimizer, jit_compile=jit,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return classifier
-    model = seat_tf.get_method(name)(classifier, epsilon=epsilon)
+    model = seat_tf.get_method(name)(classifier, epsilon=epsilon, **options)
     model.compile(optimizer=optimizer, jit_compile=jit)
     return model
 

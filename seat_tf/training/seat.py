@@ -128,6 +128,11 @@ class SEATModel(AdversarialModel):
             return losses.cross_entropy(y, logits)
         return losses.margin_loss(y, logits, on=self.margin_on)
 
+    def clean_attack_objective(self):
+        # From a zero start the linearity term and its gradient vanish at x (d = 0), so the
+        # attack's first gradient is that of the margin (or CE) score at the clean x.
+        return self._attack_score if self.init == "zero" else None
+
     def perturb(self, x, y, epsilon, clean):
         """Inner step: one signed step on margin loss + lam * linearity error, from a random start."""
         lam = self.lam if self.attack_lam is None else self.attack_lam
@@ -145,7 +150,8 @@ class SEATModel(AdversarialModel):
 
         step = self.step_size if self.step_size is not None else self.rel_step_size * epsilon
         return attacks.linf_attack(
-            attack_objective, x, eps=epsilon, step_size=step, steps=1, init=self.init, seed=self.step_seed()
+            attack_objective, x, eps=epsilon, step_size=step, steps=1, init=self.init, seed=self.step_seed(),
+            initial_gradient=clean.attack_grad,
         )
 
     def objective(self, x, y, x_adv, clean):
