@@ -20,6 +20,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from seat_tf import attacks, data, losses, models, schedules  # noqa: E402
+from seat_tf import export  # noqa: E402  (SavedModel export for TF Serving)
 from seat_tf.data import load_dataset  # noqa: E402
 from seat_tf.evaluation import evaluate  # noqa: E402
 from seat_tf.training import (  # noqa: E402
@@ -50,6 +51,7 @@ __all__ = [
     "attacks",
     "data",
     "evaluate",
+    "export",
     "get_method",
     "load_dataset",
     "losses",

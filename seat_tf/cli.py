@@ -2,6 +2,7 @@
 
     seat-tf train --config=configs/fashion_mnist_seat.py --workdir=runs/fmnist
     seat-tf train --config=configs/fashion_mnist_seat.py:quick --config.method.lam=0.3 --workdir=...
+    seat-tf export --model=runs/fmnist/model.keras --out=exported/seat [--version=N] [--overwrite]
 
 train writes into --workdir: backup/ (BackupAndRestore: a killed run resumes from its last
 finished epoch), tensorboard/, history.json, config.json, model.keras and report.json
@@ -90,6 +91,24 @@ def train(argv):
     print(f"\nRobustness report ({report['num_examples']} test images, eps={config.method.epsilon:.4g}):")
     print(evaluation.format_table(report))
     print(f"Saved to {os.path.join(workdir, 'report.json')}")
+    return 0
+
+
+flags.DEFINE_string("model", None, "export: the .keras archive to export.")
+flags.DEFINE_string("out", None, "export: TF Serving's model base path; the SavedModel goes to <out>/<version>/.")
+flags.DEFINE_integer("version", None, "export: version folder (default: one more than the largest existing one).")
+flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing.")
+
+
+@command
+def export(argv):
+    """Exports the classifier of --model as a SavedModel for TF Serving (<out>/<version>/),
+    checks it in a fresh process and prints its signatures."""
+    from seat_tf import export as export_lib
+
+    _require("model")
+    _require("out")
+    export_lib.export_saved_model(FLAGS.model, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
     return 0
 
 
