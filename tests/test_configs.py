@@ -33,17 +33,34 @@ def cifar_dir(tmp_path_factory):
     return str(folder)
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
-def test_config_smoke_variant_trains_one_epoch(path, cifar_dir):
+def _build(path, cifar_dir):
     config = load_config(path, "smoke")
     if config.dataset.name == "cifar10":
         config.dataset.data_dir = cifar_dir
     experiment.validate(config)
     train, _, val = experiment.build_datasets(config)
-    model = experiment.build_model(config, total_steps=experiment.steps_per_epoch(config, train))
+    return config, train, val, experiment.build_model(config, total_steps=experiment.steps_per_epoch(config, train))
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_seat.py", "cifar10_seat.py"])
+def test_config_smoke_variant_trains_one_epoch(name, cifar_dir):
+    """The full path: local files -> tf.data (CIFAR: augmentation) -> model -> fit with PGD validation."""
+    _, train, val, model = _build(os.path.join(ROOT, "configs", name), cifar_dir)
     history = model.fit(train, validation_data=val, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][0])
     assert "val_robust_accuracy" in history
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_builds_its_method_and_model(path, cifar_dir):
+    """Each config's method class and kwargs are accepted and its data loads (training of
+    every method itself is covered on tiny models in test_training / test_baselines)."""
+    config, train, _, model = _build(path, cifar_dir)
+    assert type(model).__name__ == {
+        "seat": "SEATModel", "fgsm_at": "FGSMATModel", "rs_fgsm": "RSFGSMModel", "n_fgsm": "NFGSMModel",
+        "pgd_at": "PGDATModel", "trades": "TRADESModel", "grad_align": "GradAlignModel"}[config.method.name]
+    x, y = next(iter(train))
+    assert model(x).shape == (x.shape[0], 10)
 
 
 def test_cifar10_configs_follow_the_paper_recipe():
