@@ -362,24 +362,25 @@ def _pyplot():
 def _surface_rows(results, key, coords_key, values_of, xlabel, ylabel, title, path):
     plt = _pyplot()
     names = list(results)
-    figure = plt.figure(figsize=(10, 4.2 * len(names)))
+    figure = plt.figure(figsize=(12, 5 * len(names)))
     for row, name in enumerate(names):
         coords = np.asarray(results[name][key][coords_key])
         values = np.asarray(values_of(results[name][key]))
         a, b = np.meshgrid(coords, coords, indexing="ij")
         axis = figure.add_subplot(len(names), 2, 2 * row + 1, projection="3d")
         axis.plot_surface(b, a, values, cmap="viridis", linewidth=0, antialiased=True)
-        axis.set_xlabel(ylabel)
-        axis.set_ylabel(xlabel)
-        axis.set_zlabel("loss")
+        axis.set_xlabel(ylabel, labelpad=8)
+        axis.set_ylabel(xlabel, labelpad=8)
+        axis.set_zlabel("loss", labelpad=4)
         axis.set_title(f"{name}: {title}")
         axis = figure.add_subplot(len(names), 2, 2 * row + 2)
         contour = axis.contourf(b, a, values, levels=20, cmap="viridis")
         axis.contour(b, a, values, levels=20, colors="k", linewidths=0.3)
-        figure.colorbar(contour, ax=axis)
+        figure.colorbar(contour, ax=axis, label="loss")
         axis.set_xlabel(ylabel)
         axis.set_ylabel(xlabel)
         axis.set_title(f"{name}: contour")
+    figure.tight_layout(h_pad=3.0, w_pad=3.0)
     _save_figure(figure, path)
     plt.close(figure)
 
@@ -448,6 +449,11 @@ def plot_monitor_history(records, path):
     right.set_ylabel("local linearity error")
     right.set_yscale("log")
     right.set_title("local linearity error")
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
     _save_figure(figure, path)
     plt.close(figure)
 
