@@ -608,6 +608,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
                  multiplies the learning rate by lr_factor and, for methods with a step size,
                  the attack step by step_factor, and trains on; after max_restores restores it stops.
     Optimizer state (moments, step count) is kept: the schedule goes on from where it was.
+    The collapsed epoch's own logs (loss, val_*) describe the weights before the restore.
     Works with any Keras classifier model, every training method included.
 
     `records` holds one dict per epoch; log_path, if given, receives them as JSON every epoch.
