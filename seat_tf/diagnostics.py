@@ -7,7 +7,7 @@ Callbacks (any `model.fit`, any training method):
 Measurements (functions of a per-example loss of the input, `loss_fn(images) -> [B]`, so they
 apply to any model and can be checked on closed-form losses):
     local_linearity_error            max_{|d|<=eps} |l(x+d) - l(x) - d.grad l(x)|
-    local_lipschitz                  min / max of |l(x') - l(x)| / |x' - x|_inf over the eps-ball
+    local_lipschitz                  min / max of |l(x') - l(x)| / |x' - x|_inf found in the eps-ball
     input_loss_landscape             l on a 2-D grid: adversarial direction x random direction
     weight_loss_landscape            l along filter-normalized random weight directions (1-D, 2-D)
     boundary_distortion              accuracy as the FGSM perturbation scales from 0 to 2 eps
@@ -102,7 +102,8 @@ def local_linearity_error(loss_fn, x, eps, *, steps=5, step_size=None, init="uni
 
 
 def local_lipschitz(loss_fn, x, eps, *, steps=10, step_size=None, restarts=1, init="uniform", seed=0):
-    """Empirical local Lipschitz estimates of the loss around each x (the SEAT paper's Table 3).
+    """Empirical local Lipschitz estimates of the loss around each x (the quantity of the SEAT
+    paper's Table 3 as the project's issue describes it; not checked against the paper's text).
 
     Searches the eps-ball for the smallest and the largest ratio |l(x') - l(x)| / |x' - x|_inf
     with projected signed-gradient steps (the attack engine; restarts keep the best ratio).
