@@ -729,3 +729,77 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         logger.warning(message + f" Restored the weights of {good}; learning rate x{self.lr_factor}"
                        + (f", attack step -> {step:.4g}" if step is not None else "") + ".")
         return "restored"
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Never lets the training loss blow up silently.
+
+    Detects, in the training logs: a non-finite `loss` after any batch (checked at once), or
+    an epoch whose `monitor` value (default: SEAT's "linearity_error" if logged, else "loss")
+    exceeds `factor` times its smallest value over the earlier good epochs (the divergence
+    seen with SEAT-like training at eps 0.3: linearity term 0.24 -> 51 -> 773). Then:
+      "stop":    restores the last good epoch's weights and stops training;
+      "restore": restores them, multiplies the learning rate by lr_factor and goes on; after
+                 max_restores restores it stops.
+    Each event is logged as a warning and kept in `events`; the epoch logs get `diverged` (0/1).
+    """
+
+    def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2):
+        super().__init__()
+        if action not in ("stop", "restore"):
+            raise ValueError(f"action must be 'stop' or 'restore', got {action!r}.")
+        if factor <= 1:
+            raise ValueError(f"factor must be > 1, got {factor}.")
+        if not 0 < lr_factor <= 1:
+            raise ValueError(f"lr_factor must lie in (0, 1], got {lr_factor}.")
+        self.monitor, self.factor, self.action = monitor, factor, action
+        self.lr_factor, self.max_restores = lr_factor, max_restores
+        self.events, self.restores = [], 0
+        self._good_weights, self._good_epoch, self._best = None, None, None
+        self._epoch = 0
+        self._nonfinite = False
+
+    def on_train_begin(self, logs=None):
+        if self._good_weights is None:
+            self._good_weights = [np.copy(w) for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch + 1
+        self._nonfinite = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._nonfinite = True
+            self._act(f"non-finite training loss at epoch {self._epoch}, batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        if self._nonfinite:
+            logs["diverged"] = 1.0
+            return
+        key = self.monitor or ("linearity_error" if "linearity_error" in logs else "loss")
+        value = logs.get(key)
+        diverged = value is not None and (
+            not math.isfinite(float(value)) or (self._best is not None and float(value) > self.factor * self._best))
+        logs["diverged"] = float(diverged)
+        if diverged:
+            self._act(f"{key} {float(value):.4g} at epoch {epoch + 1} exceeds {self.factor}x its best "
+                      f"{self._best:.4g}" if self._best is not None else f"{key} is not finite at epoch {epoch + 1}")
+        elif value is not None:
+            self._best = float(value) if self._best is None else min(self._best, float(value))
+            self._good_weights = [np.copy(w) for w in self.model.get_weights()]
+            self._good_epoch = epoch + 1
+
+    def _act(self, reason):
+        good = f"epoch {self._good_epoch}" if self._good_epoch else "the start of training"
+        self.model.set_weights(self._good_weights)
+        if self.action == "stop" or self.restores >= self.max_restores:
+            self.model.stop_training = True
+            self.events.append({"epoch": self._epoch, "reason": reason, "action": "stopped"})
+            logger.warning(f"Training diverged: {reason}. Restored the weights of {good} and stopped.")
+            return
+        self.restores += 1
+        scale_learning_rate(self.model.optimizer, self.lr_factor)
+        self.events.append({"epoch": self._epoch, "reason": reason, "action": "restored"})
+        logger.warning(f"Training diverged: {reason}. Restored the weights of {good}, learning rate x{self.lr_factor}.")

@@ -112,7 +112,11 @@ def diagnostics_config():
       co_monitor: catastrophic-overfitting monitor, `co_attack` vs FGSM accuracy; `co_action`
         warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy
         (None turns a rule off); restore multiplies the learning rate by co_lr_factor and the
-        attack step by co_step_factor.
+        attack step by co_step_factor;
+      divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
+        weights (and lowers the learning rate) when the loss goes non-finite or the linearity
+        error / loss jumps above divergence_factor times its best; divergence_action
+        restore | stop.
     """
     placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
@@ -130,6 +134,9 @@ def diagnostics_config():
             co_lr_factor=0.5,
             co_step_factor=0.5,
             co_max_restores=3,
+            divergence_guard=True,
+            divergence_factor=10.0,
+            divergence_action="restore",
         )
     )
 
@@ -235,16 +242,21 @@ def build_monitors(config, workdir=None):
     records to <workdir>/co_monitor.json and the linearity monitor's per-step values go to
     <workdir>/tensorboard/monitor."""
     diag = config.get("diagnostics")
-    if diag is None or not (diag.linearity_monitor or diag.co_monitor):
+    if diag is None:
         return []
     from seat_tf import diagnostics
+
+    monitors = []
+    if diag.get("divergence_guard"):
+        monitors.append(diagnostics.DivergenceGuard(factor=diag.divergence_factor, action=diag.divergence_action))
+    if not (diag.linearity_monitor or diag.co_monitor):
+        return monitors
 
     d = config.dataset
     held_out = data.load_dataset(d.name, "test", diag.examples, limit=diag.examples, shuffle=False,
                                  data_dir=d.data_dir, source=d.source, seed=config.seed)
     x, y = next(iter(held_out))
     eps = config.method.epsilon
-    monitors = []
     if diag.linearity_monitor:
         monitors.append(diagnostics.LinearityErrorMonitor(
             x, y, eps, steps=diag.linearity_steps, every_n_steps=diag.linearity_every_n_steps or None,

@@ -366,3 +366,80 @@ def test_diagnose_and_plots(make_tiny_cnn, toy_data, tmp_path):
     for path in paths.values():
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
+
+
+# -- DivergenceGuard ------------------------------------------------------------------------------
+
+
+class _ScriptedLogs(keras.callbacks.Callback):
+    """Overwrites each epoch's `linearity_error` log with a scripted value (listed before the guard)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = list(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["linearity_error"] = self.values[epoch]
+
+
+def _guarded_fit(values, **guard_kwargs):
+    from seat_tf.diagnostics import DivergenceGuard
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, 32).astype("int32")
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    snapshots, starts = [], []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: snapshots.append(model.get_weights()),
+                                              on_epoch_begin=lambda e, logs: starts.append(model.get_weights()))
+    guard = DivergenceGuard(**guard_kwargs)
+    history = model.fit(x, y, epochs=len(values), batch_size=16, verbose=0,
+                        callbacks=[_ScriptedLogs(values), recorder, guard])
+    return model, guard, history.history, (snapshots, starts)
+
+
+def test_divergence_guard_stays_silent_on_a_healthy_run():
+    model, guard, history, _ = _guarded_fit([0.3, 0.25, 0.27, 0.24])
+    assert guard.events == [] and history["diverged"] == [0.0] * 4
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
+
+
+def test_divergence_guard_restores_last_good_weights_and_lowers_the_lr():
+    model, guard, history, (ends, starts) = _guarded_fit([0.24, 0.3, 51.0, 0.3], action="restore")
+    assert [e["epoch"] for e in guard.events] == [3] and guard.events[0]["action"] == "restored"
+    assert history["diverged"] == [0.0, 0.0, 1.0, 0.0]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    for start_of_epoch_4, end_of_epoch_2 in zip(starts[3], ends[1]):  # epoch 3's update was discarded
+        np.testing.assert_array_equal(start_of_epoch_4, end_of_epoch_2)
+
+
+def test_divergence_guard_stop_restores_and_stops():
+    model, guard, history, (ends, _) = _guarded_fit([0.24, 0.3, 773.0, 0.3, 0.3], action="stop")
+    assert len(history["loss"]) == 3 and guard.events[0]["action"] == "stopped"
+    for restored, good in zip(model.get_weights(), ends[1]):
+        np.testing.assert_array_equal(restored, good)
+
+
+def test_divergence_guard_catches_a_non_finite_loss_at_once():
+    from seat_tf.diagnostics import DivergenceGuard
+
+    guard = DivergenceGuard(action="stop")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    guard.set_model(model)
+    guard.on_train_begin()
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(4, {"loss": float("nan")})
+    assert model.stop_training and "non-finite" in guard.events[0]["reason"]
+
+
+def test_divergence_guard_rejects_bad_settings():
+    from seat_tf.diagnostics import DivergenceGuard
+
+    with pytest.raises(ValueError, match="factor"):
+        DivergenceGuard(factor=0.5)
+    with pytest.raises(ValueError, match="action"):
+        DivergenceGuard(action="warn")
