@@ -20,7 +20,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from seat_tf import attacks, data, losses, models, schedules  # noqa: E402
+from seat_tf import export  # noqa: E402  (SavedModel export for TF Serving)
+from seat_tf import diagnostics  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
+from seat_tf.diagnostics import CatastrophicOverfittingMonitor, LinearityErrorMonitor  # noqa: E402
 from seat_tf.evaluation import evaluate  # noqa: E402
 from seat_tf.training import (  # noqa: E402
     METHODS,
@@ -40,8 +43,10 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "AdversarialModel",
+    "CatastrophicOverfittingMonitor",
     "FGSMATModel",
     "GradAlignModel",
+    "LinearityErrorMonitor",
     "NFGSMModel",
     "PGDATModel",
     "RSFGSMModel",
@@ -49,7 +54,9 @@ __all__ = [
     "TRADESModel",
     "attacks",
     "data",
+    "diagnostics",
     "evaluate",
+    "export",
     "get_method",
     "load_dataset",
     "losses",

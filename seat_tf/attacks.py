@@ -109,6 +109,7 @@ def linf_attack(
     project_to_ball: bool = True,
     success: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
     seed=None,
+    initial_gradient=None,
 ):
     """Maximizes `objective(x_adv) -> [B]` over the eps-ball by signed-gradient steps.
 
@@ -124,6 +125,9 @@ def linf_attack(
       momentum: MI-FGSM decay mu; 0 gives plain PGD.
       project_to_ball: False keeps only the [0, 1] clip (N-FGSM takes larger steps on purpose).
       seed: None, an int or a [2] int tensor (stateless RNG) for the random starts.
+      initial_gradient: the objective's gradient at x, if the caller already has it (a
+        training step that did a clean backward pass): with init="zero" the first step uses
+        it instead of a forward/backward pass of its own.
 
     Returns:
       Adversarial images, same shape as x, with gradients stopped.
@@ -148,6 +152,14 @@ def linf_attack(
     def one_run(restart):
         run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, restart)
         state = (constrain(x + random_start(x, radius, init, run_seed)), tf.zeros_like(x))
+        if initial_gradient is not None and init == "zero" and restart == 0:
+            grad = tf.cast(initial_gradient, tf.float32)
+            velocity = momentum * state[1] + _l1_normalize(grad) if momentum else state[1]
+            grad = velocity if momentum else grad
+            state = (tf.stop_gradient(constrain(x + step_size * tf.sign(grad))), velocity)
+            if steps == 1:
+                return state[0]
+            return tf.while_loop(lambda i, *_: i < steps, lambda i, *s: (i + 1, *step(*s)), (1, *state))[1]
         if steps == 1:
             return step(*state)[0]
         # An explicit while_loop, not a Python loop: Keras traces train_step without autograph.

@@ -2,10 +2,14 @@
 
     seat-tf train --config=configs/fashion_mnist_seat.py --workdir=runs/fmnist
     seat-tf train --config=configs/fashion_mnist_seat.py:quick --config.method.lam=0.3 --workdir=...
+    seat-tf export --model=runs/fmnist/model.keras --out=exported/seat [--version=N] [--overwrite]
+    seat-tf diagnose --model=runs/a/model.keras,runs/b/model.keras --dataset=fashion_mnist --eps=0.1 --workdir=out
 
 train writes into --workdir: backup/ (BackupAndRestore: a killed run resumes from its last
 finished epoch), tensorboard/, history.json, config.json, model.keras and report.json
-(clean and robust test accuracy under config.eval_attacks).
+(clean and robust test accuracy under config.eval_attacks); with the config's diagnostics
+monitors on, also co_monitor.json and co_monitor.png.
+diagnose writes diagnostics.json and PNGs (loss landscapes, decision-boundary distortion).
 """
 
 import json
@@ -61,11 +65,13 @@ def train(argv):
     train_ds, test_ds, val_ds = experiment.build_datasets(config)
     total_steps = config.epochs * experiment.steps_per_epoch(config, train_ds)
     model = experiment.build_model(config, total_steps)
-
     workdir = FLAGS.workdir
+    monitors = experiment.build_monitors(config, workdir)
+
     os.makedirs(workdir, exist_ok=True)
     evaluation.write_json_atomic(experiment.to_dict(config), os.path.join(workdir, "config.json"))
-    callbacks = [
+    # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
+    callbacks = monitors + [
         keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
     ]
@@ -78,6 +84,7 @@ def train(argv):
     history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
     evaluation.write_json_atomic(history_dict, os.path.join(workdir, "history.json"))
     save_model_atomic(model, os.path.join(workdir, "model.keras"))
+    _report_monitors(monitors, workdir)
 
     print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
     report = evaluation.evaluate(
@@ -93,7 +100,99 @@ def train(argv):
     return 0
 
 
-# `seat-tf tune`: the code and its flags live in tuning/search.py (importing it defines them).
+flags.DEFINE_string("model", None, "export: the .keras archive to export; diagnose: comma-separated archives.")
+flags.DEFINE_string("out", None, "export: TF Serving's model base path; the SavedModel goes to <out>/<version>/.")
+flags.DEFINE_integer("version", None, "export: version folder (default: one more than the largest existing one).")
+flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing.")
+
+
+@command
+def export(argv):
+    """Exports the classifier of --model as a SavedModel for TF Serving (<out>/<version>/),
+    checks it in a fresh process and prints its signatures."""
+    from seat_tf import export as export_lib
+
+    _require("model")
+    _require("out")
+    export_lib.export_saved_model(FLAGS.model, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
+    return 0
+
+
+def _define_once(define, name, default, help_text):
+    """Defines a flag unless another command already did (commands share --model, --eps, ...)."""
+    if name not in FLAGS:
+        define(name, default, help_text)
+
+
+_define_once(flags.DEFINE_string, "dataset", None, "Dataset name (fashion_mnist, cifar10, ...) or a .npz path.")
+_define_once(flags.DEFINE_float, "eps", None, "L-inf radius in [0, 1] pixel units.")
+_define_once(flags.DEFINE_integer, "num_examples", 1000, "Test images the command uses.")
+
+
+def _report_monitors(monitors, workdir):
+    from seat_tf import diagnostics
+
+    for monitor in monitors:
+        if isinstance(monitor, diagnostics.CatastrophicOverfittingMonitor) and monitor.records:
+            diagnostics.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
+            when = f"at epoch {monitor.collapsed_epoch}" if monitor.collapsed_epoch else "in no epoch"
+            print(f"Catastrophic-overfitting monitor: collapse {when}; see {os.path.join(workdir, 'co_monitor.json')}")
+
+
+def _model_names(paths):
+    """Short unique names for model paths: the parent folder of a model.keras, else the file stem."""
+    names = []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name = os.path.basename(os.path.dirname(os.path.abspath(path))) if stem == "model" else stem
+        while name in names:
+            name += "'"
+        names.append(name)
+    return names
+
+
+@command
+def diagnose(argv):
+    """Linearity error, Lipschitz estimates, loss landscapes and boundary distortion of one or
+    more saved models on the first --num_examples test images; writes diagnostics.json + PNGs."""
+    for name in ("model", "dataset", "eps", "workdir"):
+        _require(name)
+    paths = [p for p in FLAGS.model.split(",") if p]
+    missing = [p for p in paths if not os.path.exists(p)]
+    if missing:
+        raise app.UsageError(f"--model: no such file: {', '.join(missing)}")
+    if not 0 < FLAGS.eps <= 1:
+        raise app.UsageError(f"--eps must lie in (0, 1] (pixel scale, e.g. 8/255), got {FLAGS.eps}.")
+    if FLAGS.num_examples < 1:
+        raise app.UsageError(f"--num_examples must be >= 1, got {FLAGS.num_examples}.")
+    import keras  # after the flag checks: a usage error should not wait for TensorFlow
+
+    import seat_tf  # noqa: F401  (registers the model classes for loading)
+    from seat_tf import data, diagnostics, evaluation
+
+    test = data.load_dataset(FLAGS.dataset, "test", FLAGS.num_examples, limit=FLAGS.num_examples, shuffle=False)
+    x, y = (t.numpy() for t in next(iter(test)))
+    models = [keras.models.load_model(p) for p in paths]
+
+    results = {}
+    for name, model in zip(_model_names(paths), models):
+        print(f"Diagnosing {name} on {len(x)} test images, eps={FLAGS.eps:.4g}...")
+        results[name] = diagnostics.diagnose(model, x, y, FLAGS.eps, progress=FLAGS.verbose > 0)
+        r = results[name]
+        print(f"  clean {r['clean_accuracy']:.3f}  linearity error {r['linearity_error']['mean']:.4g}  "
+              f"Lipschitz [{r['lipschitz']['lower']['mean']:.4g}, {r['lipschitz']['upper']['mean']:.4g}]  "
+              f"boundary distortion {r['boundary']['distortion']:.3f}")
+    os.makedirs(FLAGS.workdir, exist_ok=True)
+    plots = diagnostics.write_plots(results, FLAGS.workdir)
+    output = {"dataset": FLAGS.dataset, "eps": FLAGS.eps, "models": dict(zip(_model_names(paths), paths)),
+              "results": results, "plots": {k: os.path.basename(v) for k, v in plots.items()}}
+    evaluation.write_json_atomic(output, os.path.join(FLAGS.workdir, "diagnostics.json"))
+    print(f"Saved diagnostics.json and {len(plots)} PNGs to {FLAGS.workdir}")
+    return 0
+
+
+# `seat-tf tune`: the code and its own flags live in tuning/search.py (importing it defines
+# them); it shares --config, --verbose and --overwrite defined above.
 from tuning import search as _tuning_search  # noqa: E402
 
 

@@ -239,6 +239,12 @@ def load_arrays(name, split, data_dir=None, source="auto"):
     raise ValueError(f"load_arrays reads local files only; {name!r} resolves to source {source!r}.")
 
 
+def to_unit_range(images):
+    """NumPy images as float32 in [0, 1] (uint8 are divided by 255)."""
+    images = np.asarray(images)
+    return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
+
+
 def _check_images(images, name):
     if images.dtype == np.uint8:
         return

@@ -9,10 +9,13 @@ A config (see configs/*.py) has these sections:
     optimizer: name (sgd | adam), learning_rate (the peak of the cyclic schedule), momentum,
                weight_decay, schedule (cyclic | constant), peak_fraction
     epochs, seed, val_attack, eval_attacks, jit_compile
+    diagnostics (optional, monitors off by default): linearity_monitor, co_monitor, see
+               `diagnostics_config` and `build_monitors`
 """
 
 import json
 import math
+import os
 
 import keras
 import ml_collections
@@ -63,7 +66,93 @@ def base_config():
             clean_floor=ml_collections.config_dict.placeholder(float),  # ... - 1 below this clean accuracy
         )
     )
+    config.diagnostics = diagnostics_config()
     return config
+
+
+# Per-method settings of the paper's CIFAR-10 comparison (eps = 8/255, PreActResNet18).
+CIFAR10_METHODS = {
+    "seat": dict(lam=0.5, init="corner", rel_step_size=1.0, attack_loss="margin", reduction="example"),
+    "fgsm_at": dict(rel_step_size=1.0),
+    "rs_fgsm": dict(rel_step_size=1.25),
+    "n_fgsm": dict(noise_factor=2.0, rel_step_size=1.0),
+    "pgd_at": dict(steps=10, rel_step_size=0.25),
+    "trades": dict(beta=6.0, steps=10, rel_step_size=0.25),
+    "grad_align": dict(lam=0.2),
+}
+
+
+def cifar10_paper_config(method, arg=None):
+    """The paper's CIFAR-10 recipe for `method`: PreActResNet18, eps 8/255, SGD momentum 0.9,
+    weight decay 5e-4, batch 128, cyclic learning rate peaking at 0.2 two fifths into 30
+    epochs, pad-crop-flip augmentation, PGD-10 validation on 1000 test images, final
+    FGSM / PGD-20 / PGD-50-10. arg="smoke" shrinks everything for tests."""
+    if method not in CIFAR10_METHODS:
+        raise ValueError(f"No CIFAR-10 recipe for {method!r}; choose one of {sorted(CIFAR10_METHODS)}.")
+    config = base_config()
+    config.epochs = 30
+    config.val_attack = "pgd10"
+    config.eval_attacks = ("fgsm", "pgd20", "pgd50x10")
+    config.dataset.name = "cifar10"
+    config.dataset.augment = True
+    config.model = ml_collections.ConfigDict(dict(name="preact_resnet18"))
+    method_config = dict(name=method, epsilon=8 / 255, **CIFAR10_METHODS[method])
+    if method == "seat":
+        method_config["flood_level"] = ml_collections.config_dict.placeholder(float)
+    config.method = ml_collections.ConfigDict(method_config)
+    config.optimizer = ml_collections.ConfigDict(
+        dict(name="sgd", learning_rate=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", peak_fraction=0.4)
+    )
+    if arg == "smoke":
+        config.epochs = 1
+        config.dataset.train_limit = 64
+        config.dataset.test_limit = 32
+        config.dataset.val_limit = 32
+        config.dataset.batch_size = 32
+        config.model.width = 8
+        config.val_attack = "pgd2"
+        config.eval_attacks = ("fgsm",)
+    elif arg:
+        raise ValueError(f"Unknown variant {arg!r}; use 'smoke' or nothing.")
+    return config
+
+
+def diagnostics_config():
+    """The optional `diagnostics` section: training monitors, all off by default.
+
+    Both monitors measure on the first `examples` test images (held out from training):
+      linearity_monitor: log the local linearity error each epoch (and every
+        `linearity_every_n_steps` steps if > 0) with `linearity_steps` search steps;
+      co_monitor: catastrophic-overfitting monitor, `co_attack` vs FGSM accuracy; `co_action`
+        warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy
+        (None turns a rule off); restore multiplies the learning rate by co_lr_factor and the
+        attack step by co_step_factor;
+      divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
+        weights (and lowers the learning rate) when the loss goes non-finite or the linearity
+        error / loss jumps above divergence_factor times its best; divergence_action
+        restore | stop.
+    """
+    placeholder = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict(
+        dict(
+            linearity_monitor=False,
+            co_monitor=False,
+            examples=512,
+            linearity_steps=5,
+            linearity_every_n_steps=0,
+            co_attack="pgd10",
+            co_action="warn",
+            co_max_drop=0.2,
+            co_max_gap=0.4,
+            co_min_pgd_accuracy=placeholder(float),
+            co_lr_factor=0.5,
+            co_step_factor=0.5,
+            co_max_restores=3,
+            divergence_guard=True,
+            divergence_factor=10.0,
+            divergence_action="restore",
+        )
+    )
 
 
 def to_dict(config):
@@ -90,6 +179,17 @@ def validate(config):
     epsilon = config.method.epsilon
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0 or epsilon > 1:
         raise ValueError(f"method.epsilon must be a number in [0, 1] (pixel scale), got {epsilon!r}.")
+    diag = config.get("diagnostics")
+    if diag is not None and (diag.get("linearity_monitor") or diag.get("co_monitor")):
+        from seat_tf import attacks, diagnostics
+
+        if diag.examples < 1:
+            raise ValueError(f"diagnostics.examples must be >= 1, got {diag.examples}.")
+        if diag.co_action not in diagnostics.ACTIONS:
+            raise ValueError(f"diagnostics.co_action must be one of {diagnostics.ACTIONS}, got {diag.co_action!r}.")
+        if epsilon <= 0:
+            raise ValueError("The diagnostics monitors need method.epsilon > 0.")
+        attacks.get_attack(diag.co_attack)
 
 
 def build_datasets(config):
@@ -148,6 +248,40 @@ def build_model(config, total_steps):
         steps_per_execution=config.steps_per_execution,
     )
     return model
+
+
+def build_monitors(config, workdir=None):
+    """The monitors the config's `diagnostics` section turns on, as Keras callbacks (list them
+    before TensorBoard so their values reach it). With a workdir, the CO monitor writes its
+    records to <workdir>/co_monitor.json and the linearity monitor's per-step values go to
+    <workdir>/tensorboard/monitor."""
+    diag = config.get("diagnostics")
+    if diag is None:
+        return []
+    from seat_tf import diagnostics
+
+    monitors = []
+    if diag.get("divergence_guard"):
+        monitors.append(diagnostics.DivergenceGuard(factor=diag.divergence_factor, action=diag.divergence_action))
+    if not (diag.linearity_monitor or diag.co_monitor):
+        return monitors
+
+    d = config.dataset
+    held_out = data.load_dataset(d.name, "test", diag.examples, limit=diag.examples, shuffle=False,
+                                 data_dir=d.data_dir, source=d.source, seed=config.seed)
+    x, y = next(iter(held_out))
+    eps = config.method.epsilon
+    if diag.linearity_monitor:
+        monitors.append(diagnostics.LinearityErrorMonitor(
+            x, y, eps, steps=diag.linearity_steps, every_n_steps=diag.linearity_every_n_steps or None,
+            log_dir=os.path.join(workdir, "tensorboard", "monitor") if workdir else None, seed=config.seed))
+    if diag.co_monitor:
+        monitors.append(diagnostics.CatastrophicOverfittingMonitor(
+            x, y, eps, attack=diag.co_attack, action=diag.co_action, max_drop=diag.co_max_drop,
+            max_gap=diag.co_max_gap, min_pgd_accuracy=diag.co_min_pgd_accuracy, lr_factor=diag.co_lr_factor,
+            step_factor=diag.co_step_factor, max_restores=diag.co_max_restores, linearity_steps=diag.linearity_steps,
+            log_path=os.path.join(workdir, "co_monitor.json") if workdir else None, seed=config.seed))
+    return monitors
 
 
 def set_seed(seed):

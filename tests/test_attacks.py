@@ -136,3 +136,22 @@ def test_attack_works_inside_tf_function(make_tiny_cnn, toy_data):
     eager = attacks.pgd(model, x, y, 0.1, steps=3, seed=2).numpy()
     graph = tf.function(lambda a, b: attacks.pgd(model, a, b, 0.1, steps=3, seed=2))(x, y).numpy()
     np.testing.assert_allclose(eager, graph, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps, momentum", [(1, 0.0), (3, 0.0), (3, 1.0)])
+def test_initial_gradient_shortcut_gives_the_same_attack(make_tiny_cnn, toy_data, steps, momentum):
+    """A caller that already has the gradient at x (the clean pass) gets the same result."""
+    model = make_tiny_cnn()
+    x, y = toy_data
+    objective = lambda z: losses.margin_loss(y, model(z))  # noqa: E731
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        value = objective(xt)
+    grad = tape.gradient(value, xt)
+    kwargs = dict(eps=0.1, step_size=0.04, steps=steps, init="zero", momentum=momentum)
+    np.testing.assert_allclose(
+        attacks.linf_attack(objective, x, initial_gradient=grad, **kwargs).numpy(),
+        attacks.linf_attack(objective, x, **kwargs).numpy(),
+        atol=1e-6,
+    )

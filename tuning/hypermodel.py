@@ -175,12 +175,14 @@ class SEATHyperModel(keras_tuner.HyperModel):
         return experiment.build_model(config, total_steps=self.epochs * self.steps_per_epoch)
 
     def fit(self, hp, model, x=None, *args, callbacks=None, **kwargs):
-        """model.fit with the objective's score callback first; returns the History (the
+        """model.fit with the config's monitors (as `seat-tf train` uses them) and the
+        objective's score callback ahead of the tuner's callbacks; returns the History (the
         tuner records the best epoch's metrics and checkpoints that epoch's weights)."""
         if self.make_train_data is not None:
             x = self.make_train_data()
-        callbacks = list(callbacks or [])
+        first = experiment.build_monitors(self.config)
         if self.objective_name == SCORE_OBJECTIVE:
-            callbacks.insert(0, TuningScore(self.space.clean_weight, self.space.clean_floor))
+            first.append(TuningScore(self.space.clean_weight, self.space.clean_floor))
+        callbacks = first + list(callbacks or [])
         kwargs.setdefault("shuffle", False)  # the tf.data pipeline shuffles
         return model.fit(x, *args, callbacks=callbacks, **kwargs)

@@ -43,18 +43,25 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-# `seat-tf tune` shares --config and --verbose with the other commands (seat_tf/cli.py
-# defines them and then imports this module); `python -m tuning.search` defines its own.
-if "config" not in FLAGS:
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
-if "verbose" not in FLAGS:
-    flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+
+
+def define_shared_flags():
+    """--config, --verbose and --overwrite, which `seat-tf tune` shares with the other commands
+    of seat_tf/cli.py (defined there); `python -m tuning.search` defines them here. Kept out
+    of import time so that importing this module and seat_tf.cli works in either order."""
+    if "config" not in FLAGS:
+        config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
+    if "verbose" not in FLAGS:
+        flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    if "overwrite" not in FLAGS:
+        flags.DEFINE_bool("overwrite", False, "Start the search afresh instead of resuming it.")
+
+
 TUNERS = ("random", "bayesian", "hyperband")
 flags.DEFINE_enum("tuner", "random", TUNERS, "KerasTuner algorithm: RandomSearch, BayesianOptimization, Hyperband.")
 flags.DEFINE_integer("max_trials", 8, "Trials to run (RandomSearch, BayesianOptimization; Hyperband sizes its own).")
 flags.DEFINE_integer("epochs_per_trial", None, "Epochs per trial (Hyperband: max_epochs); default config.epochs.")
 flags.DEFINE_string("project_dir", None, "Tuner state (search/) and the summary files.")
-flags.DEFINE_bool("overwrite", False, "Start the search afresh instead of resuming it.")
 flags.DEFINE_enum("trial_strategy", "none", ("none", "mirrored"),
                   "Distribution strategy each trial trains under: none, or tf.distribute.MirroredStrategy.")
 flags.DEFINE_string("final_attack", "pgd50x10", "Attack of the final evaluation (seat_tf.attacks.get_attack name).")
@@ -371,4 +378,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_shared_flags()
     sys.exit(app.run(main))

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from seat_tf import attacks, losses
 
-CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad"])
+CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
 CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
 
 
@@ -255,17 +255,27 @@ class AdversarialModel(keras.Model):
         if self.clean_pass not in CLEAN_PASSES:
             raise ValueError(f"clean_pass must be one of {CLEAN_PASSES}, got {self.clean_pass!r}.")
         differentiable = self.clean_pass == "differentiable_gradient"
-        grad = None
+        attack_objective = self.clean_attack_objective()
+        grad = attack_grad = None
         with weights_tape:
-            with tf.GradientTape() as input_tape:
+            with tf.GradientTape(persistent=attack_objective is not None) as input_tape:
                 input_tape.watch(x)
                 logits = self.classify(x, training=True)
                 loss = losses.cross_entropy(y, logits)
+                attack_value = attack_objective(y, logits) if attack_objective else None
             if differentiable:
                 grad = input_tape.gradient(loss, x)
         if self.clean_pass == "gradient":
             grad = tf.stop_gradient(input_tape.gradient(loss, x))
-        return CleanPass(logits, loss, grad)
+        if attack_objective is not None:
+            attack_grad = tf.stop_gradient(input_tape.gradient(attack_value, x))
+        return CleanPass(logits, loss, grad, attack_grad)
+
+    def clean_attack_objective(self):
+        """Optionally a per-example `fn(y, logits)` whose input gradient at the clean x the
+        attack needs (an attack starting at x); the clean pass then computes it from the same
+        forward pass, saving the attack one forward and backward pass. None by default."""
+        return None
 
     def perturb(self, x, y, epsilon, clean):
         """Returns adversarial images for the batch. Override per method."""

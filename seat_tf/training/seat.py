@@ -45,6 +45,11 @@ class SEATModel(AdversarialModel):
         backward pass); False treats g as a constant, as the authors' code does.
       linearity_clip: if set, clips each example's |residual| at this value in the objective
         (bounds the regularizer's gradient when the loss surface is very curved).
+      clean_loss_gradient: let the objective's gradient flow through l(x) in the linearity
+        term (the paper's and the authors' form). Minimizing |l(x') - l(x) - d.g| then also
+        pushes the clean loss l(x) *up* whenever the residual is positive; False treats l(x)
+        as a fixed target, so the term only pulls l(x') towards its linear prediction (and
+        the step needs no weight gradients through the clean pass).
     """
 
     logged_metrics = ("linearity_error", "adv_loss")
@@ -64,6 +69,7 @@ class SEATModel(AdversarialModel):
         reduction="example",
         double_backprop=False,
         linearity_clip=None,
+        clean_loss_gradient=True,
         **kwargs,
     ):
         super().__init__(classifier, epsilon=epsilon, **kwargs)
@@ -96,6 +102,7 @@ class SEATModel(AdversarialModel):
         self.reduction = reduction
         self.double_backprop = bool(double_backprop)
         self.linearity_clip = linearity_clip
+        self.clean_loss_gradient = bool(clean_loss_gradient)
         self.clean_pass = "differentiable_gradient" if double_backprop else "gradient"
 
     def get_config(self):
@@ -112,6 +119,7 @@ class SEATModel(AdversarialModel):
             reduction=self.reduction,
             double_backprop=self.double_backprop,
             linearity_clip=self.linearity_clip,
+            clean_loss_gradient=self.clean_loss_gradient,
         )
         return config
 
@@ -119,6 +127,11 @@ class SEATModel(AdversarialModel):
         if self.attack_loss == "ce":
             return losses.cross_entropy(y, logits)
         return losses.margin_loss(y, logits, on=self.margin_on)
+
+    def clean_attack_objective(self):
+        # From a zero start the linearity term and its gradient vanish at x (d = 0), so the
+        # attack's first gradient is that of the margin (or CE) score at the clean x.
+        return self._attack_score if self.init == "zero" else None
 
     def perturb(self, x, y, epsilon, clean):
         """Inner step: one signed step on margin loss + lam * linearity error, from a random start."""
@@ -137,14 +150,16 @@ class SEATModel(AdversarialModel):
 
         step = self.step_size if self.step_size is not None else self.rel_step_size * epsilon
         return attacks.linf_attack(
-            attack_objective, x, eps=epsilon, step_size=step, steps=1, init=self.init, seed=self.step_seed()
+            attack_objective, x, eps=epsilon, step_size=step, steps=1, init=self.init, seed=self.step_seed(),
+            initial_gradient=clean.attack_grad,
         )
 
     def objective(self, x, y, x_adv, clean):
         """Flooded adversarial cross-entropy + lam * linearity error between x and x_adv."""
         adv_logits = self.classify(x_adv, training=True)
         adv_loss = losses.cross_entropy(y, adv_logits)
-        residual = losses.linearity_residual(adv_loss, clean.loss, x_adv - x, clean.grad)
+        clean_loss = clean.loss if self.clean_loss_gradient else tf.stop_gradient(clean.loss)
+        residual = losses.linearity_residual(adv_loss, clean_loss, x_adv - x, clean.grad)
         error = tf.abs(residual)
         if self.reduction == "batch":
             linearity = self.abs_of_batch_mean(residual)

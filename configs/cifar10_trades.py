@@ -1,0 +1,11 @@
+"""trades on CIFAR-10 with PreActResNet18, as in the SEAT paper's comparison
+(see seat_tf.experiment.cifar10_paper_config for the shared recipe).
+
+    seat-tf train --config=configs/cifar10_trades.py --workdir=runs/cifar10_trades
+"""
+
+from seat_tf.experiment import cifar10_paper_config
+
+
+def get_config(arg=None):
+    return cifar10_paper_config("trades", arg)

@@ -1,0 +1,445 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import seat_tf
+from seat_tf import diagnostics
+
+
+def _points(shape=(4, 3, 3, 1), seed=0):
+    """Images well inside [0, 1], so an eps-ball of 0.1 never touches the box."""
+    return np.random.default_rng(seed).uniform(0.3, 0.7, shape).astype(np.float32)
+
+
+def _quadratic(h, center):
+    """l(x) = 0.5 * sum_i h_i (x_i - c_i)^2 per example, with its closed form for numpy."""
+    h_t, c_t = tf.constant(h, tf.float32), tf.constant(center, tf.float32)
+    axes = tuple(range(1, h.ndim + 1))
+    fn = lambda x: 0.5 * tf.reduce_sum(h_t * (x - c_t) ** 2, axis=axes)  # noqa: E731
+    numpy_fn = lambda x: 0.5 * np.sum(h * (x - center) ** 2, axis=axes)  # noqa: E731
+    return fn, numpy_fn
+
+
+# -- linearity error -----------------------------------------------------------------------------
+
+
+def test_linearity_error_of_a_linear_loss_is_zero():
+    x = _points()
+    w = tf.constant(np.random.default_rng(1).normal(size=(3, 3, 1)), tf.float32)
+    loss_fn = lambda images: tf.reduce_sum(w * images, axis=[1, 2, 3]) + 0.7  # noqa: E731
+    error = diagnostics.local_linearity_error(loss_fn, x, eps=0.1, steps=5).numpy()
+    np.testing.assert_allclose(error, 0.0, atol=1e-5)
+
+
+def test_linearity_error_of_a_linear_classifier_margin_is_zero(make_linear):
+    """Two classes, margin loss z_other - z_y: linear in the input through a real model."""
+    rng = np.random.default_rng(2)
+    model = make_linear(rng.normal(size=(9, 2)), rng.normal(size=2), (3, 3, 1))
+    x, y = _points(), np.array([0, 1, 0, 1])
+    loss_fn = diagnostics.model_loss_fn(model, y, loss="margin")
+    np.testing.assert_allclose(diagnostics.local_linearity_error(loss_fn, x, 0.1).numpy(), 0.0, atol=1e-5)
+    # Cross-entropy of the same model is curved: the monitor must see a non-zero error.
+    ce_error = diagnostics.local_linearity_error(diagnostics.model_loss_fn(model, y), x, 0.1).numpy()
+    assert ce_error.max() > 1e-4
+
+
+def test_linearity_error_of_a_quadratic_is_the_closed_form():
+    """0.5 d^T H d with H = diag(h) > 0: the max over the ball is at a vertex, eps^2 sum(h) / 2;
+    with steps=0 the error is exactly 0.5 d^T H d at the (random corner) start d."""
+    rng = np.random.default_rng(3)
+    x = _points()
+    h = rng.uniform(0.5, 2.0, size=(3, 3, 1)).astype(np.float32)
+    loss_fn, _ = _quadratic(h, center=rng.uniform(0, 1, size=(3, 3, 1)).astype(np.float32))
+    eps = 0.1
+    searched = diagnostics.local_linearity_error(loss_fn, x, eps, steps=4).numpy()
+    np.testing.assert_allclose(searched, 0.5 * eps**2 * h.sum(), rtol=1e-4)
+    start = diagnostics.local_linearity_error(loss_fn, x, eps, steps=0, init="uniform", seed=7).numpy()
+    delta = seat_tf.attacks.random_start(tf.constant(x), eps, "uniform", seed=7).numpy()
+    np.testing.assert_allclose(start, 0.5 * np.sum(h * delta**2, axis=(1, 2, 3)), rtol=1e-4)
+    assert np.all(start < searched)
+
+
+# -- Lipschitz ----------------------------------------------------------------------------------------
+
+
+def test_lipschitz_upper_of_a_linear_loss_is_the_dual_norm():
+    """For l(x) = w.x on an L-inf ball, max |l(x')-l(x)| / |x'-x|_inf = |w|_1 (not |w|_2)."""
+    w = np.random.default_rng(4).normal(size=(3, 3, 1)).astype(np.float32)
+    loss_fn = lambda images: tf.reduce_sum(tf.constant(w) * images, axis=[1, 2, 3])  # noqa: E731
+    estimates = diagnostics.local_lipschitz(loss_fn, _points(), eps=0.1, steps=10)
+    np.testing.assert_allclose(estimates["upper"].numpy(), np.abs(w).sum(), rtol=1e-4)
+    assert np.abs(w).sum() > 1.2 * np.sqrt((w**2).sum())  # the test tells L1 from L2
+    assert np.all(estimates["lower"].numpy() >= 0)
+    assert np.all(estimates["lower"].numpy() < 0.5 * np.abs(w).sum())
+
+
+def test_lipschitz_of_a_linear_classifier_equals_the_weight_difference_norm(make_linear):
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(9, 2)).astype(np.float32)
+    model = make_linear(weights, np.zeros(2), (3, 3, 1))
+    y = np.array([0, 1, 1, 0])
+    estimates = diagnostics.local_lipschitz(diagnostics.model_loss_fn(model, y, "margin"), _points(), eps=0.05)
+    np.testing.assert_allclose(estimates["upper"].numpy(), np.abs(weights[:, 1] - weights[:, 0]).sum(), rtol=1e-4)
+
+
+def test_lipschitz_in_one_dimension_lower_equals_upper():
+    """In 1-D every direction is the same: both estimates are |w|."""
+    loss_fn = lambda images: -2.5 * images[:, 0]  # noqa: E731
+    estimates = diagnostics.local_lipschitz(loss_fn, np.full((3, 1), 0.5, np.float32), eps=0.1, steps=6)
+    np.testing.assert_allclose(estimates["lower"].numpy(), 2.5, rtol=1e-4)
+    np.testing.assert_allclose(estimates["upper"].numpy(), 2.5, rtol=1e-4)
+
+
+def test_bad_eps_is_a_value_error():
+    with pytest.raises(ValueError, match="eps"):
+        diagnostics.local_lipschitz(lambda x: x[:, 0], np.zeros((1, 1), np.float32), eps=8)
+
+
+# -- landscapes ----------------------------------------------------------------------------------------
+
+
+def test_input_landscape_of_a_quadratic_is_the_parabola_surface():
+    rng = np.random.default_rng(6)
+    x = _points((2, 3, 3, 1))
+    h = rng.uniform(0.5, 2.0, size=(3, 3, 1)).astype(np.float32)
+    center = rng.uniform(0, 1, size=(3, 3, 1)).astype(np.float32)
+    loss_fn, numpy_fn = _quadratic(h, center)
+    eps = 0.05
+    land = diagnostics.input_loss_landscape(loss_fn, x, eps, grid=5, span=2.0, seed=1)
+    adv, rand = land["adv_direction"], land["random_direction"]
+    np.testing.assert_array_equal(adv, np.sign(h * (x - center)))  # FGSM direction of the quadratic
+    assert set(np.unique(rand)) <= {-1.0, 1.0}
+    expected = np.stack([np.stack([numpy_fn(x + eps * (a * adv + b * rand)) for b in land["coords"]])
+                         for a in land["coords"]])
+    np.testing.assert_allclose(land["losses"], expected, rtol=1e-5)
+    # The surface is a paraboloid: second differences along each axis are constant.
+    second = np.diff(land["losses"][:, 2, 0], 2)
+    np.testing.assert_allclose(second, second[0], rtol=1e-3)
+
+
+def test_filter_normalized_direction_matches_filter_norms():
+    kernel = tf.Variable(np.random.default_rng(7).normal(size=(3, 3, 2, 4)).astype(np.float32))
+    bias = tf.Variable(np.ones(4, np.float32))
+    d_kernel, d_bias = diagnostics.filter_normalized_direction([kernel, bias], seed=0)
+    np.testing.assert_allclose(np.linalg.norm(d_kernel.reshape(-1, 4), axis=0),
+                               np.linalg.norm(kernel.numpy().reshape(-1, 4), axis=0), rtol=1e-5)
+    np.testing.assert_array_equal(d_bias, 0.0)
+    again, _ = diagnostics.filter_normalized_direction([kernel, bias], seed=0)
+    np.testing.assert_array_equal(again, d_kernel)
+
+
+def test_weight_landscape_of_least_squares_is_the_parabola_and_restores_weights():
+    """z = x @ w (no bias), loss (z - t)^2: L(w + a d) is a parabola in a with known coefficients."""
+    rng = np.random.default_rng(8)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, keras.layers.Dense(1, use_bias=False)(inputs))
+    x = rng.normal(size=(40, 5)).astype(np.float32)
+    t = rng.normal(size=40).astype(np.float32)
+    squared = lambda labels, z: (z[:, 0] - tf.cast(labels, tf.float32)) ** 2  # noqa: E731
+    before = [w.copy() for w in model.get_weights()]
+    land = diagnostics.weight_loss_landscape(model, x, t, dims=1, grid=7, span=1.5, loss=squared, seed=3, batch_size=16)
+    (d,) = diagnostics.filter_normalized_direction(model.trainable_variables, seed=3)
+    w = before[0]
+    expected = [np.mean(((x @ (w + a * d))[:, 0] - t) ** 2) for a in land["coords"]]
+    np.testing.assert_allclose(land["losses"], expected, rtol=1e-4)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    two = diagnostics.weight_loss_landscape(model, x, t, dims=2, grid=3, loss=squared, seed=3)
+    assert two["losses"].shape == (3, 3)
+    np.testing.assert_allclose(two["losses"][1, 1], np.mean(((x @ w)[:, 0] - t) ** 2), rtol=1e-5)
+
+
+# -- decision boundary -------------------------------------------------------------------------------
+
+
+def test_boundary_curve_of_a_linear_classifier_is_the_closed_form(make_linear):
+    rng = np.random.default_rng(9)
+    weights = rng.normal(size=(9, 2)).astype(np.float32)
+    model = make_linear(weights, np.zeros(2), (3, 3, 1))
+    x = _points((64, 3, 3, 1), seed=10)
+    y = rng.integers(0, 2, 64).astype(np.int32)
+    eps = 0.02
+    result = diagnostics.boundary_distortion(diagnostics.classifier_fn(model), x, y, eps, num=11, max_scale=2.0)
+    flat = x.reshape(64, -1)
+    margin = flat @ (weights[:, 0] - weights[:, 1]) * np.where(y == 0, 1, -1)  # > 0: correct
+    slope = np.abs(weights[:, 0] - weights[:, 1]).sum()
+    expected = [np.mean(margin - k * eps * slope > 0) for k in result["scales"]]
+    np.testing.assert_allclose(result["accuracy"], expected)
+    assert result["distortion"] == 0.0  # a linear boundary cannot be distorted
+
+
+def test_boundary_distortion_flags_a_model_wrong_inside_the_ball():
+    """z1 - z0 = -0.1 + sin(2 pi (x - x0) / eps): right at x0 and at x0 + eps, wrong between."""
+    eps = 0.1
+    x0 = np.full((3, 1), 0.5, np.float32)
+
+    def model_fn(images):
+        wave = -0.1 + tf.sin(2 * np.pi * (images - x0) / eps)
+        return tf.concat([tf.zeros_like(wave), wave], axis=-1)
+
+    result = diagnostics.boundary_distortion(model_fn, x0, np.zeros(3, np.int32), eps, num=21)
+    assert result["accuracy"][0] == 1.0 and result["distortion"] == 1.0
+    assert result["accuracy"][list(np.round(result["scales"], 6)).index(0.2)] == 0.0
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+
+
+class ScriptedMonitor(diagnostics.CatastrophicOverfittingMonitor):
+    """The CO monitor with measurements replayed from a list (a synthetic training history)."""
+
+    def __init__(self, script, **kwargs):
+        x = np.zeros((2, 8, 8, 1), np.float32)
+        super().__init__(x, np.zeros(2, np.int32), 0.1, **kwargs)
+        self.script = list(script)
+
+    def measure(self):
+        pgd, fgsm = self.script[len(self.records)]
+        return dict(clean_accuracy=0.9, fgsm_accuracy=fgsm, pgd_accuracy=pgd, linearity_error=0.01)
+
+
+HEALTHY = [(0.30, 0.40), (0.42, 0.55), (0.48, 0.60), (0.47, 0.61), (0.50, 0.62)]
+COLLAPSING = [(0.30, 0.40), (0.45, 0.58), (0.40, 0.70), (0.01, 0.93), (0.00, 0.97)]
+
+
+def test_collapse_rule_on_synthetic_histories():
+    def first_collapse(history, **kwargs):
+        best = None
+        for epoch, (pgd, fgsm) in enumerate(history, 1):
+            record = dict(pgd_accuracy=pgd, fgsm_accuracy=fgsm)
+            if diagnostics.collapse_reasons(record, best, **kwargs):
+                return epoch
+            best = pgd if best is None else max(best, pgd)
+        return None
+
+    assert first_collapse(HEALTHY) is None
+    assert first_collapse(COLLAPSING) == 4
+    assert first_collapse(COLLAPSING, max_drop=None, max_gap=0.25) == 3  # the gap widens first
+    assert first_collapse(HEALTHY, max_drop=None, max_gap=None, min_pgd_accuracy=0.35) == 1
+
+
+def _fit_with(monitor, make_tiny_cnn, toy_data, epochs, method=seat_tf.FGSMATModel, extra_callbacks=(), **kwargs):
+    x, y = toy_data
+    model = method(make_tiny_cnn(), epsilon=0.05, val_attack=None, **kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    snapshots = {}
+
+    class Recorder(keras.callbacks.Callback):
+        """Before the monitor: the weights each epoch ended with, as trained."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+
+    history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0,
+                        callbacks=[Recorder(), monitor, *extra_callbacks])
+    return model, history.history, snapshots
+
+
+def test_co_monitor_silent_on_healthy_history(make_tiny_cnn, toy_data):
+    monitor = ScriptedMonitor(HEALTHY, action="stop")
+    _, history, _ = _fit_with(monitor, make_tiny_cnn, toy_data, epochs=5)
+    assert len(history["loss"]) == 5 and history["co_collapsed"] == [0.0] * 5
+    assert monitor.collapsed_epoch is None
+    assert history["co_pgd_accuracy"] == [p for p, _ in HEALTHY]
+
+
+def test_co_monitor_stop_ends_training_at_the_collapse(make_tiny_cnn, toy_data):
+    monitor = ScriptedMonitor(COLLAPSING, action="stop")
+    model, history, snapshots = _fit_with(monitor, make_tiny_cnn, toy_data, epochs=5)
+    assert len(history["loss"]) == 4 and monitor.collapsed_epoch == 4
+    assert history["co_collapsed"] == [0.0, 0.0, 0.0, 1.0]
+    for good, now in zip(snapshots[3], model.get_weights()):
+        np.testing.assert_array_equal(good, now)
+
+
+def test_co_monitor_restore_rewinds_weights_and_lowers_lr_and_step(make_tiny_cnn, toy_data, tmp_path):
+    after = {}
+
+    class After(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            after[epoch + 1] = [w.copy() for w in self.model.get_weights()]
+
+    log_path = str(tmp_path / "co.json")
+    monitor = ScriptedMonitor(COLLAPSING, action="restore", lr_factor=0.5, step_factor=0.5, log_path=log_path)
+    model, history, snapshots = _fit_with(monitor, make_tiny_cnn, toy_data, epochs=5, extra_callbacks=[After()])
+    assert len(history["loss"]) == 5  # restore trains on
+    # Epoch 4 collapsed: its weights were replaced by epoch 3's (the last good one).
+    for good, restored in zip(snapshots[3], after[4]):
+        np.testing.assert_array_equal(good, restored)
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(snapshots[4], after[4]))
+    # Epoch 5 collapsed too: back to epoch 3 again, the lr and the step halved twice.
+    for good, restored in zip(snapshots[3], after[5]):
+        np.testing.assert_array_equal(good, restored)
+    assert monitor.restores == 2
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05 * 0.25)
+    assert model.rel_step_size == pytest.approx(0.25)
+    # The traced train step now uses the lowered step: one more step equals a fresh FGSM-AT
+    # with rel_step_size 0.25 and lr 0.0125 from the same weights (SGD has no other state).
+    x, y = toy_data
+    twin = seat_tf.FGSMATModel(keras.models.clone_model(model.classifier), epsilon=0.05, val_attack=None,
+                               rel_step_size=0.25)
+    twin.classifier.set_weights(model.classifier.get_weights())
+    twin.compile(optimizer=keras.optimizers.SGD(0.0125))
+    model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)  # the function traced inside fit
+    twin.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0)
+    for a, b in zip(model.classifier.get_weights(), twin.classifier.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    saved = json.load(open(log_path))
+    assert saved["collapsed_epoch"] == 4 and [r["action"] for r in saved["records"]][-2:] == ["restored", "restored"]
+
+
+def test_co_monitor_restore_scales_a_schedule_and_seat_step(make_tiny_cnn, toy_data):
+    x, y = toy_data
+    model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, step_size=0.04)
+    schedule = seat_tf.schedules.CyclicLR(0.1, total_steps=15)
+    model.compile(optimizer=keras.optimizers.SGD(schedule))
+    monitor = ScriptedMonitor([(0.5, 0.6), (0.0, 0.9), (0.5, 0.6)], action="restore", lr_factor=0.1)
+    model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[monitor])
+    lr = model.optimizer._learning_rate
+    assert isinstance(lr, diagnostics.ScaledSchedule) and lr.factor == pytest.approx(0.1)
+    assert float(lr(5)) == pytest.approx(0.1 * float(schedule(5)))
+    assert model.step_size == pytest.approx(0.02)
+    config = keras.saving.serialize_keras_object(lr)
+    assert float(keras.saving.deserialize_keras_object(config)(5)) == pytest.approx(float(lr(5)))
+
+
+@pytest.mark.parametrize("method", sorted(seat_tf.METHODS))
+def test_monitors_measure_every_method(method, make_tiny_cnn, toy_data):
+    """Real measurements (no script) for every training method: keys in History, values sane."""
+    x, y = toy_data
+    co = diagnostics.CatastrophicOverfittingMonitor(x[:32], y[:32], 0.05, attack="pgd3", linearity_steps=2)
+    lin = diagnostics.LinearityErrorMonitor(x[:32], y[:32], 0.05, steps=2, every_n_steps=2)
+    cls = seat_tf.get_method(method)
+    kwargs = {"steps": 2} if method in ("pgd_at", "trades") else {}
+    model = cls(make_tiny_cnn(), epsilon=0.05, val_attack=None, **kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[co, lin]).history
+    assert len(history["co_pgd_accuracy"]) == 2 and len(history["local_linearity_error"]) == 2
+    for record in co.records:
+        assert 0 <= record["pgd_accuracy"] <= record["clean_accuracy"] <= 1
+        assert 0 <= record["fgsm_accuracy"] <= 1 and record["linearity_error"] >= 0
+    assert [s for s, _ in lin.step_values] == [2, 4, 6]
+    assert all(v >= 0 for v in history["local_linearity_error"])
+
+
+def test_linearity_monitor_writes_tensorboard_and_matches_the_function(make_tiny_cnn, toy_data, tmp_path):
+    x, y = toy_data
+    model = seat_tf.FGSMATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    monitor = diagnostics.LinearityErrorMonitor(x[:16], y[:16], 0.05, steps=2, every_n_steps=3,
+                                                log_dir=str(tmp_path / "tb"))
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[monitor]).history
+    direct = diagnostics.local_linearity_error(diagnostics.model_loss_fn(model, y[:16]), x[:16], 0.05, steps=2)
+    assert history["local_linearity_error"][0] == pytest.approx(float(np.mean(direct)), rel=1e-4)
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_monitor_arguments_are_checked():
+    x, y = np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match="action"):
+        diagnostics.CatastrophicOverfittingMonitor(x, y, 0.1, action="panic")
+    with pytest.raises(ValueError, match="labels"):
+        diagnostics.CatastrophicOverfittingMonitor(x, y[:1], 0.1)
+    with pytest.raises(ValueError, match="every_n_steps"):
+        diagnostics.LinearityErrorMonitor(x, y, 0.1, every_n_steps=0)
+
+
+# -- diagnose + plots --------------------------------------------------------------------------------
+
+
+def test_diagnose_and_plots(make_tiny_cnn, toy_data, tmp_path):
+    x, y = toy_data
+    model = seat_tf.FGSMATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None)
+    result = diagnostics.diagnose(model, x[:24], y[:24], 0.05, landscape_grid=5, weight_grid_1d=5, weight_grid_2d=3,
+                                  boundary_num=5, lipschitz_steps=2, linearity_steps=2, chunk_size=10,
+                                  progress=False)
+    json.dumps(result)  # JSON-ready
+    assert result["lipschitz"]["lower"]["mean"] <= result["lipschitz"]["upper"]["mean"]
+    assert np.asarray(result["input_landscape"]["first_example"]).shape == (5, 5)
+    assert np.asarray(result["weight_landscape"]["losses_2d"]).shape == (3, 3)
+    assert result["boundary"]["accuracy"][0] == pytest.approx(result["clean_accuracy"])
+    paths = diagnostics.write_plots({"a": result, "b": result}, str(tmp_path))
+    for path in paths.values():
+        assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())
+
+
+# -- DivergenceGuard ------------------------------------------------------------------------------
+
+
+class _ScriptedLogs(keras.callbacks.Callback):
+    """Overwrites each epoch's `linearity_error` log with a scripted value (listed before the guard)."""
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = list(values)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["linearity_error"] = self.values[epoch]
+
+
+def _guarded_fit(values, **guard_kwargs):
+    from seat_tf.diagnostics import DivergenceGuard
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(32, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, 32).astype("int32")
+    inputs = keras.Input((4, 4, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    snapshots, starts = [], []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: snapshots.append(model.get_weights()),
+                                              on_epoch_begin=lambda e, logs: starts.append(model.get_weights()))
+    guard = DivergenceGuard(**guard_kwargs)
+    history = model.fit(x, y, epochs=len(values), batch_size=16, verbose=0,
+                        callbacks=[_ScriptedLogs(values), recorder, guard])
+    return model, guard, history.history, (snapshots, starts)
+
+
+def test_divergence_guard_stays_silent_on_a_healthy_run():
+    model, guard, history, _ = _guarded_fit([0.3, 0.25, 0.27, 0.24])
+    assert guard.events == [] and history["diverged"] == [0.0] * 4
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
+
+
+def test_divergence_guard_restores_last_good_weights_and_lowers_the_lr():
+    model, guard, history, (ends, starts) = _guarded_fit([0.24, 0.3, 51.0, 0.3], action="restore")
+    assert [e["epoch"] for e in guard.events] == [3] and guard.events[0]["action"] == "restored"
+    assert history["diverged"] == [0.0, 0.0, 1.0, 0.0]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    for start_of_epoch_4, end_of_epoch_2 in zip(starts[3], ends[1]):  # epoch 3's update was discarded
+        np.testing.assert_array_equal(start_of_epoch_4, end_of_epoch_2)
+
+
+def test_divergence_guard_stop_restores_and_stops():
+    model, guard, history, (ends, _) = _guarded_fit([0.24, 0.3, 773.0, 0.3, 0.3], action="stop")
+    assert len(history["loss"]) == 3 and guard.events[0]["action"] == "stopped"
+    for restored, good in zip(model.get_weights(), ends[1]):
+        np.testing.assert_array_equal(restored, good)
+
+
+def test_divergence_guard_catches_a_non_finite_loss_at_once():
+    from seat_tf.diagnostics import DivergenceGuard
+
+    guard = DivergenceGuard(action="stop")
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    guard.set_model(model)
+    guard.on_train_begin()
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(4, {"loss": float("nan")})
+    assert model.stop_training and "non-finite" in guard.events[0]["reason"]
+
+
+def test_divergence_guard_rejects_bad_settings():
+    from seat_tf.diagnostics import DivergenceGuard
+
+    with pytest.raises(ValueError, match="factor"):
+        DivergenceGuard(factor=0.5)
+    with pytest.raises(ValueError, match="action"):
+        DivergenceGuard(action="warn")
