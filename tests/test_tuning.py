@@ -232,7 +232,7 @@ def run_tuner_cli(args, env=None, module="tuning.search", **kwargs):
 def cli_args(npz, project, trials):
     return ["--config=configs/fashion_mnist_seat.py:smoke", f"--config.dataset.name={npz}",
             "--config.dataset.train_limit=128", "--config.dataset.val_limit=32", f"--project_dir={project}", f"--max_trials={trials}",
-            "--epochs_per_trial=1", "--final_attack=pgd1", "--final_examples=16", "--nobaseline", "--verbose=0"]
+            "--epochs_per_trial=1", "--final_eval_attack=pgd1", "--final_eval_examples=16", "--nobaseline", "--verbose=0"]
 
 
 @pytest.mark.parametrize("module", ["tuning.search", "seat_tf.cli"])

@@ -13,9 +13,9 @@ the one that was interrupted.
 
 At the end the best trial's best-epoch weights are reloaded (`get_best_models`) and, with
 --baseline, the config's own SEAT settings (paper default lam=0.5, no flooding) are trained
-with the same budget and the same best-epoch rule. Both are evaluated with --final_attack
-(PGD-50 with 10 restarts) on --final_examples test images held out from the validation
-subset (dataset.test_limit becomes val_limit + final_examples). Written to <project_dir>:
+with the same budget and the same best-epoch rule. Both are evaluated with --final_eval_attack
+(PGD-50 with 10 restarts) on --final_eval_examples test images held out from the validation
+subset (dataset.test_limit becomes val_limit + final_eval_examples). Written to <project_dir>:
 tuning_summary.json, trials.md, trials.png.
 
 Distributed search (several processes or machines share one oracle; KerasTuner's
@@ -64,8 +64,10 @@ flags.DEFINE_integer("epochs_per_trial", None, "Epochs per trial (Hyperband: max
 flags.DEFINE_string("project_dir", None, "Tuner state (search/) and the summary files.")
 flags.DEFINE_enum("trial_strategy", "none", ("none", "mirrored"),
                   "Distribution strategy each trial trains under: none, or tf.distribute.MirroredStrategy.")
-flags.DEFINE_string("final_attack", "pgd50x10", "Attack of the final evaluation (seat_tf.attacks.get_attack name).")
-flags.DEFINE_integer("final_examples", 1000, "Test images of the final evaluation, taken after the validation subset.")
+flags.DEFINE_string("final_eval_attack", "pgd50x10",
+                    "Attack of the final evaluation (a seat_tf.attacks.get_attack name).")
+flags.DEFINE_integer("final_eval_examples", 1000,
+                     "Test images of the final evaluation, taken after the validation subset.")
 flags.DEFINE_bool("baseline", True, "Also train and evaluate the config's own lam/flood level with the same budget.")
 
 
@@ -367,8 +369,8 @@ def tune(argv):
     run_search(
         FLAGS.config, FLAGS.project_dir, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
         epochs_per_trial=FLAGS.epochs_per_trial, overwrite=FLAGS.overwrite,
-        strategy=make_strategy(FLAGS.trial_strategy), final_attack=FLAGS.final_attack,
-        final_examples=FLAGS.final_examples, baseline=FLAGS.baseline, verbose=FLAGS.verbose,
+        strategy=make_strategy(FLAGS.trial_strategy), final_attack=FLAGS.final_eval_attack,
+        final_examples=FLAGS.final_eval_examples, baseline=FLAGS.baseline, verbose=FLAGS.verbose,
     )
     return 0
 
