@@ -26,24 +26,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "runs/co_benchmark", "Output folder.")
-flags.DEFINE_list("methods", ["fgsm_at", "rs_fgsm", "n_fgsm", "seat", "pgd_at", "trades", "grad_align"], "Methods.")
-flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
-flags.DEFINE_float("eps", 0.2, "L-inf radius in [0, 1] units.")
-flags.DEFINE_integer("epochs", 5, "Epochs.")
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name (seat_tf.load_dataset).")
-flags.DEFINE_string("data_dir", None, "Folder of local dataset files.")
-flags.DEFINE_integer("train_limit", None, "Use the first N training images (default all).")
-flags.DEFINE_integer("eval_subset", 1000, "Fixed test subset for the per-epoch attacks.")
-flags.DEFINE_integer("final_limit", None, "Test images for the final attack (default all).")
-flags.DEFINE_string("final_attack", "pgd50x10", "Attack run once after training.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer (cyclic learning rate).")
-flags.DEFINE_float("lr", 2e-3, "Peak learning rate of the cyclic schedule.")
-flags.DEFINE_float("peak_fraction", 0.3, "Where the cyclic schedule peaks (fraction of all steps).")
-flags.DEFINE_string("variant", "default", "Name of the method variant (for --options).")
-flags.DEFINE_list("options", [], "Extra method kwargs, key=value (Python literals).")
-flags.DEFINE_boolean("report_only", False, "Only rebuild the report from saved runs.")
+
+
+def define_flags():
+    """Command-line flags; defined only when run as a script, so importing this module for
+    its functions (tests) adds nothing to absl's global flag registry."""
+    flags.DEFINE_string("out", "runs/co_benchmark", "Output folder.")
+    flags.DEFINE_list("methods", ["fgsm_at", "rs_fgsm", "n_fgsm", "seat", "pgd_at", "trades", "grad_align"], "Methods.")
+    flags.DEFINE_list("seeds", ["0", "1"], "Seeds.")
+    flags.DEFINE_float("eps", 0.2, "L-inf radius in [0, 1] units.")
+    flags.DEFINE_integer("epochs", 5, "Epochs.")
+    flags.DEFINE_string("dataset", "fashion_mnist", "Dataset name (seat_tf.load_dataset).")
+    flags.DEFINE_string("data_dir", None, "Folder of local dataset files.")
+    flags.DEFINE_integer("train_limit", None, "Use the first N training images (default all).")
+    flags.DEFINE_integer("eval_subset", 1000, "Fixed test subset for the per-epoch attacks.")
+    flags.DEFINE_integer("final_limit", None, "Test images for the final attack (default all).")
+    flags.DEFINE_string("final_attack", "pgd50x10", "Attack run once after training.")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Optimizer (cyclic learning rate).")
+    flags.DEFINE_float("lr", 2e-3, "Peak learning rate of the cyclic schedule.")
+    flags.DEFINE_float("peak_fraction", 0.3, "Where the cyclic schedule peaks (fraction of all steps).")
+    flags.DEFINE_string("variant", "default", "Name of the method variant (for --options).")
+    flags.DEFINE_list("options", [], "Extra method kwargs, key=value (Python literals).")
+    flags.DEFINE_boolean("report_only", False, "Only rebuild the report from saved runs.")
 
 
 def parse_options(items):
@@ -253,4 +258,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))

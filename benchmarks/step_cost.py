@@ -18,16 +18,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "runs/step_cost.json", "JSON output path.")
-flags.DEFINE_list("methods", ["plain", "fgsm_at", "rs_fgsm", "n_fgsm", "seat", "grad_align", "trades", "pgd_at"],
-                  "Methods to time ('plain' is non-adversarial training); a variant is written "
-                  "name:key=value:key=value, e.g. seat:init='zero'.")
-flags.DEFINE_enum("jit", "off", ["off", "on", "both"], "jit_compile setting(s) to measure.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_integer("steps", 10, "Timed steps per round.")
-flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds (median kept).")
-flags.DEFINE_float("epsilon", 0.2, "Attack radius (cost does not depend on it).")
-flags.DEFINE_string("model", "small_cnn", "small_cnn (28x28x1) or preact_resnet18 (32x32x3).")
+
+
+def define_flags():
+    """Command-line flags; defined only when run as a script, so importing this module for
+    its functions (tests) adds nothing to absl's global flag registry."""
+    flags.DEFINE_string("out", "runs/step_cost.json", "JSON output path.")
+    flags.DEFINE_list("methods", ["plain", "fgsm_at", "rs_fgsm", "n_fgsm", "seat", "grad_align", "trades", "pgd_at"],
+                      "Methods to time ('plain' is non-adversarial training); a variant is written "
+                      "name:key=value:key=value, e.g. seat:init='zero'.")
+    flags.DEFINE_enum("jit", "off", ["off", "on", "both"], "jit_compile setting(s) to measure.")
+    flags.DEFINE_integer("batch_size", 128, "Batch size.")
+    flags.DEFINE_integer("steps", 10, "Timed steps per round.")
+    flags.DEFINE_integer("rounds", 3, "Interleaved timing rounds (median kept).")
+    flags.DEFINE_float("epsilon", 0.2, "Attack radius (cost does not depend on it).")
+    flags.DEFINE_string("model", "small_cnn", "small_cnn (28x28x1) or preact_resnet18 (32x32x3).")
 
 
 def parse_method(spec):
@@ -115,4 +120,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     sys.exit(app.run(main))
