@@ -31,7 +31,6 @@ import keras
 import tensorflow as tf
 
 AFFECTED = ((3, 0), (4, 0))  # [first, last) Keras versions with keras-team/keras#20585
-LAST_CHECKED = "3.15.1"
 _APPLIED = set()
 
 
