@@ -38,14 +38,20 @@ def _global_batch_noise(sampler, shape, seed):
     Under a multi-replica strategy each replica draws the noise of the whole global batch
     from the same seed and keeps its own rows, so the perturbation of an example does not
     depend on how many devices share the batch (distributed and single-device steps agree).
+    Replicas may hold different numbers of rows (a batch of 15 on 2 replicas is split 8/7),
+    so the rows' offset comes from an all-reduce of every replica's batch size.
     """
     context = tf.distribute.get_replica_context()
     replicas = 1 if context is None else context.num_replicas_in_sync
     if replicas == 1:
         return sampler(shape, seed)
     local = shape[0]
-    noise = sampler(tf.concat([[local * replicas], shape[1:]], axis=0), seed)
-    start = tf.cast(context.replica_id_in_sync_group, tf.int32) * local
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    # Batch size of every replica (float32: all-reduce support; exact below 2**24).
+    sizes = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.one_hot(replica, replicas) * tf.cast(local, tf.float32))
+    sizes = tf.cast(sizes, tf.int32)
+    start = tf.reduce_sum(sizes[:replica])
+    noise = sampler(tf.concat([[tf.reduce_sum(sizes)], shape[1:]], axis=0), seed)
     return noise[start : start + local]
 
 

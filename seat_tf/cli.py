@@ -2,6 +2,7 @@
 
     seat-tf train --config=configs/fashion_mnist_seat.py --workdir=runs/fmnist
     seat-tf train --config=configs/fashion_mnist_seat.py:quick --config.method.lam=0.3 --workdir=...
+    seat-tf train --strategy=mirrored --config.mixed_precision=mixed_float16 --config=... --workdir=...
     seat-tf export --model=runs/fmnist/model.keras --out=exported/seat [--version=N] [--overwrite]
     seat-tf diagnose --model=runs/a/model.keras,runs/b/model.keras --dataset=fashion_mnist --eps=0.1 --workdir=out
 
@@ -27,6 +28,10 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Output folder of train.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy of train: default (one device), mirrored (all local GPUs), "
+                  "multi_worker (hosts from TF_CONFIG, see docs/distributed.md) or tpu.")
+flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM's chips).")
 
 COMMANDS = {}
 
@@ -54,37 +59,44 @@ def train(argv):
     """Trains config.method on config.dataset; writes checkpoints, history and a report."""
     import keras
 
-    from seat_tf import evaluation, experiment
+    from seat_tf import distribute, evaluation, experiment
 
     _require("config")
     _require("workdir")
     config = FLAGS.config
     experiment.validate(config)
     # Everything that can fail on bad input happens before anything is written.
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    worker = distribute.worker_info(strategy)
     experiment.set_seed(config.seed)
     train_ds, test_ds, val_ds = experiment.build_datasets(config)
     total_steps = config.epochs * experiment.steps_per_epoch(config, train_ds)
-    model = experiment.build_model(config, total_steps)
-    workdir = FLAGS.workdir
-    monitors = experiment.build_monitors(config, workdir)
+    model = distribute.build_model(strategy, config, total_steps)
 
-    os.makedirs(workdir, exist_ok=True)
-    evaluation.write_json_atomic(experiment.to_dict(config), os.path.join(workdir, "config.json"))
+    # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
+    workdir = FLAGS.workdir
+    outdir = distribute.output_dir(workdir, worker)
+    monitors = experiment.build_monitors(config, outdir)  # on every worker: same weights, same decisions
+    os.makedirs(outdir, exist_ok=True)
+    evaluation.write_json_atomic(experiment.to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
-    callbacks = monitors + [
-        keras.callbacks.BackupAndRestore(os.path.join(workdir, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")),
-    ]
+    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
+    if worker.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
     start = time.time()
     history = model.fit(
-        train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks, verbose=FLAGS.verbose,
+        distribute.shard(train_ds, strategy), validation_data=distribute.shard(val_ds, strategy),
+        epochs=config.epochs, callbacks=callbacks, verbose=FLAGS.verbose,
         shuffle=False,  # the tf.data pipeline shuffles
     )
     train_seconds = time.time() - start
     history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
-    evaluation.write_json_atomic(history_dict, os.path.join(workdir, "history.json"))
-    save_model_atomic(model, os.path.join(workdir, "model.keras"))
-    _report_monitors(monitors, workdir)
+    evaluation.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
+    save_model_atomic(model, os.path.join(outdir, "model.keras"))
+    _report_monitors(monitors, outdir)
+    if not worker.is_chief:
+        print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
+        return 0
 
     print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
     report = evaluation.evaluate(

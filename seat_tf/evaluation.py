@@ -14,11 +14,16 @@ import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks as attacks_lib
+from seat_tf import precision
 from seat_tf.training.base import check_batch
 
 
 def _classifier(model):
-    """The logits function of a model: AdversarialModel.call already runs the classifier."""
+    """The logits function of a model: AdversarialModel.call already runs the classifier.
+    A float16 model gets float16-safe input gradients, so attacks do not stall on
+    underflowed gradients (which would overstate robustness)."""
+    if precision.computes_in_float16(model):
+        return precision.float16_safe_logits(model, training=False)
     return lambda images: tf.cast(model(images, training=False), tf.float32)
 
 

@@ -8,7 +8,8 @@ A config (see configs/*.py) has these sections:
     method:    name (seat_tf.METHODS), epsilon, plus keyword arguments of the method class
     optimizer: name (sgd | adam), learning_rate (the peak of the cyclic schedule), momentum,
                weight_decay, schedule (cyclic | constant), peak_fraction
-    epochs, seed, val_attack, eval_attacks, jit_compile
+    epochs, seed, val_attack, eval_attacks, jit_compile (XLA for the train step),
+    mixed_precision (float32 | mixed_float16 | mixed_bfloat16)
     diagnostics (optional, monitors off by default): linearity_monitor, co_monitor, see
                `diagnostics_config` and `build_monitors`
 """
@@ -21,7 +22,7 @@ import keras
 import ml_collections
 import numpy as np
 
-from seat_tf import data, models
+from seat_tf import data, models, precision
 from seat_tf.schedules import CyclicLR
 from seat_tf.training import get_method
 
@@ -32,6 +33,7 @@ def base_config():
     config.seed = 0
     config.epochs = 10
     config.jit_compile = False
+    config.mixed_precision = "float32"
     config.steps_per_execution = 1
     config.val_attack = "pgd10"
     config.eval_attacks = ("fgsm", "pgd20")
@@ -176,6 +178,7 @@ def validate(config):
         raise ValueError(f"Unknown optimizer {config.optimizer.name!r}; choose 'sgd' or 'adam'.")
     if config.optimizer.schedule not in ("cyclic", "constant"):
         raise ValueError(f"Unknown schedule {config.optimizer.schedule!r}; choose 'cyclic' or 'constant'.")
+    precision.check_policy(config.get("mixed_precision"))
     epsilon = config.method.epsilon
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0 or epsilon > 1:
         raise ValueError(f"method.epsilon must be a number in [0, 1] (pixel scale), got {epsilon!r}.")
@@ -236,17 +239,22 @@ def build_optimizer(config, total_steps):
 
 
 def build_model(config, total_steps):
-    """Compiled adversarial-training model for config (call inside a strategy scope)."""
+    """Compiled adversarial-training model for config (call inside a strategy scope).
+
+    Layers are built under config.mixed_precision; with mixed_float16, `compile` wraps the
+    optimizer in Keras' LossScaleOptimizer.
+    """
     keras.utils.set_random_seed(config.seed)
     method_kwargs = _kwargs(config.method)
-    model = get_method(config.method.name)(
-        build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs
-    )
-    model.compile(
-        optimizer=build_optimizer(config, total_steps),
-        jit_compile=config.jit_compile,
-        steps_per_execution=config.steps_per_execution,
-    )
+    with precision.dtype_policy(config.get("mixed_precision")):
+        model = get_method(config.method.name)(
+            build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs
+        )
+        model.compile(
+            optimizer=build_optimizer(config, total_steps),
+            jit_compile=config.jit_compile,
+            steps_per_execution=config.steps_per_execution,
+        )
     return model
 
 

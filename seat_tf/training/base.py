@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attacks, losses
+from seat_tf import attacks, losses, precision
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
 CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
@@ -242,7 +242,15 @@ class AdversarialModel(keras.Model):
 
     def attack_logits(self, x):
         """Logits in the mode the training attack uses (see `attack_training`)."""
-        return self.classify(x, training=self.attack_training)
+        return self.input_gradient_logits(training=self.attack_training)(x)
+
+    def input_gradient_logits(self, training):
+        """x -> float32 logits for computing gradients w.r.t. x (attacks). A float16
+        classifier gets per-example rescaled backprop so confident examples' input
+        gradients do not underflow to zero (see seat_tf.precision)."""
+        if precision.computes_in_float16(self.classifier):
+            return precision.float16_safe_logits(self.classifier, training)
+        return lambda images: self.classify(images, training=training)
 
     def compute_clean_pass(self, x, y, weights_tape):
         """Logits, cross-entropy [B] and (per `clean_pass`) its input gradient at the clean x.
@@ -257,18 +265,21 @@ class AdversarialModel(keras.Model):
         differentiable = self.clean_pass == "differentiable_gradient"
         attack_objective = self.clean_attack_objective()
         grad = attack_grad = None
+        # float16: per-example rescaled input gradients (seat_tf.precision), which need the tape twice.
+        float16 = precision.computes_in_float16(self.classifier)
         with weights_tape:
-            with tf.GradientTape(persistent=attack_objective is not None) as input_tape:
+            with tf.GradientTape(persistent=attack_objective is not None or float16) as input_tape:
                 input_tape.watch(x)
                 logits = self.classify(x, training=True)
                 loss = losses.cross_entropy(y, logits)
                 attack_value = attack_objective(y, logits) if attack_objective else None
             if differentiable:
                 grad = input_tape.gradient(loss, x)
+        input_gradient = precision.scaled_input_gradient if float16 else precision.plain_input_gradient
         if self.clean_pass == "gradient":
-            grad = tf.stop_gradient(input_tape.gradient(loss, x))
+            grad = tf.stop_gradient(input_gradient(input_tape, loss, logits, x))
         if attack_objective is not None:
-            attack_grad = tf.stop_gradient(input_tape.gradient(attack_value, x))
+            attack_grad = tf.stop_gradient(input_gradient(input_tape, attack_value, logits, x))
         return CleanPass(logits, loss, grad, attack_grad)
 
     def clean_attack_objective(self):
@@ -332,9 +343,9 @@ class AdversarialModel(keras.Model):
         self.clean_accuracy.update_state(_correct(logits, y))
         results = {"loss": self.loss_tracker.result(), "clean_accuracy": self.clean_accuracy.result()}
         if self.val_attack is not None:
-            model_fn = lambda images: self.classify(images, training=False)  # noqa: E731
+            model_fn = self.input_gradient_logits(training=False)
             x_adv = self.val_attack(model_fn, x, y, self.epsilon, seed=self._noise_seed)
-            self.robust_accuracy.update_state(_correct(model_fn(x_adv), y))
+            self.robust_accuracy.update_state(_correct(self.classify(x_adv, training=False), y))
             results["robust_accuracy"] = self.robust_accuracy.result()
         return results
 
