@@ -19,9 +19,11 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "'seat-tf[tf]' (standard wheel) or 'seat-tf[cpu]' (CPU only)."
     ) from error
 
-from seat_tf import attacks, data, losses, models, schedules  # noqa: E402
+from seat_tf import attack_suite, attacks, data, evaluation, losses, models, schedules  # noqa: E402
+from seat_tf.attack_suite import APGD, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
+from seat_tf.attacks import LinfPGD  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
-from seat_tf.evaluation import evaluate  # noqa: E402
+from seat_tf.evaluation import evaluate, write_report  # noqa: E402
 from seat_tf.training import (  # noqa: E402
     METHODS,
     AdversarialModel,
@@ -38,21 +40,31 @@ from seat_tf.training import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
     "METHODS",
     "AdversarialModel",
+    "CarliniWagnerL2",
+    "Composite",
+    "DeepFool",
     "FGSMATModel",
     "GradAlignModel",
+    "LinfPGD",
     "NFGSMModel",
     "PGDATModel",
     "RSFGSMModel",
     "SEATModel",
+    "Square",
     "TRADESModel",
+    "attack_suite",
     "attacks",
     "data",
     "evaluate",
+    "evaluation",
+    "get_attack",
     "get_method",
     "load_dataset",
     "losses",
     "models",
     "schedules",
+    "write_report",
 ]
