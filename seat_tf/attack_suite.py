@@ -245,8 +245,10 @@ class Square:
             p = square_fraction(i, self.queries, self.p_init)
             side = tf.cast(tf.round(tf.sqrt(p * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.clip_by_value(side, 1, tf.maximum(tf.minimum(height, width) - 1, 1))
-            top = tf.cast(tf.random.stateless_uniform([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
-            left = tf.cast(tf.random.stateless_uniform([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
+            top = tf.cast(
+                tf.random.stateless_uniform([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
+            left = tf.cast(
+                tf.random.stateless_uniform([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
             rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
             in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
@@ -300,8 +302,10 @@ class DeepFool:
         k = min(self.candidates, num_classes)
         ranked = tf.math.top_k(clean_logits, k=k).indices
         # The other classes considered: the top k without y (or the top k - 1 if y is not among them).
-        others = [tf.where(tf.reduce_any(ranked[:, : j + 1] == y[:, None], axis=1), ranked[:, j + 1], ranked[:, j])
-                  for j in range(k - 1)]
+        others = [
+            tf.where(tf.reduce_any(ranked[:, : j + 1] == y[:, None], axis=1), ranked[:, j + 1], ranked[:, j])
+            for j in range(k - 1)
+        ]
 
         def step(i, total, x_adv, active):
             best_dist = tf.fill(tf.shape(y), float("inf"))
@@ -381,9 +385,8 @@ class CarliniWagnerL2:
                 return t + 1, w, m, v, tf.where(better, l2, best_l2), best_x, found | success
 
             zeros = tf.zeros_like(x)
-            _, _, _, _, best_l2, best_x, found = tf.while_loop(
-                lambda t, *_: t < self.steps, adam, (tf.constant(0), w0, zeros, zeros, best_l2, best_x, tf.zeros(batch, tf.bool))
-            )
+            start = (tf.constant(0), w0, zeros, zeros, best_l2, best_x, tf.zeros(batch, tf.bool))
+            _, _, _, _, best_l2, best_x, found = tf.while_loop(lambda t, *_: t < self.steps, adam, start)
             upper = tf.where(found, tf.minimum(upper, const), upper)
             lower = tf.where(found, lower, tf.maximum(lower, const))
             const = tf.where(tf.math.is_inf(upper), const * 10.0, (lower + upper) / 2.0)

@@ -158,7 +158,8 @@ def evaluate(argv):
         sanity_limit=FLAGS.sanity_limit, sweep_eps=sweep_eps, sweep_attacks=FLAGS.sweep_attacks,
         sweep_limit=FLAGS.sweep_limit,
     )
-    result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset, total_seconds=round(time.time() - start, 1))
+    result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
+                  total_seconds=round(time.time() - start, 1))
     paths = evaluation.write_report(result, FLAGS.workdir)
     print(f"\nRobustness report ({result['num_examples']} test images, eps={eps:.4g}):")
     print(evaluation.format_table(result))

@@ -110,7 +110,8 @@ class _Runner:
 
     def _compile(self, attack, x_spec):
         model_fn = self.model_fn
-        signature = [x_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32), tf.TensorSpec([2], tf.int32)]
+        signature = [x_spec, tf.TensorSpec([None], tf.int32), tf.TensorSpec([], tf.float32),
+                     tf.TensorSpec([2], tf.int32)]
 
         @tf.function(input_signature=signature)
         def run(x, y, eps, seed):
@@ -266,7 +267,8 @@ def _sanity_entries(main, eps, sanity_limit):
             e.attack == attack and e.eps == at_eps and (e.limit is None or e.limit >= sanity_limit) for e in main
         )
         if not covered:
-            extra.append(_Entry(f"{name}@eps={at_eps:g}" if at_eps != eps else name, attack, at_eps, sanity_limit, "sanity"))
+            key = f"{name}@eps={at_eps:g}" if at_eps != eps else name
+            extra.append(_Entry(key, attack, at_eps, sanity_limit, "sanity"))
     return extra, large_eps
 
 
@@ -301,10 +303,12 @@ def sanity_checks(entries, eps, large_eps):
         "passed": not outside,
         "detail": "all L-inf adversarial examples lie in the eps-ball and in [0, 1]" if not outside else
         "attacks left the threat model: " + "; ".join(
-            f"{e.key}: max |delta| = {e.max_linf:.6f} > eps = {e.eps:g}, {e.outside_box} outside [0, 1]" for e in outside),
+            f"{e.key}: max |delta| = {e.max_linf:.6f} > eps = {e.eps:g}, {e.outside_box} outside [0, 1]"
+            for e in outside),
     }
 
-    fgsm = [e for e in at_eps if isinstance(e.attack, attacks_lib.LinfPGD) and e.attack.steps == 1 and e.attack.target is None]
+    fgsm = [e for e in at_eps
+            if isinstance(e.attack, attacks_lib.LinfPGD) and e.attack.steps == 1 and e.attack.target is None]
     iterative = [e for e in at_eps if _is_untargeted_iterative(e.attack)]
     checks["pgd_not_weaker_than_fgsm"] = _check(
         [_compare(fgsm[0], e, "pgd<=fgsm") for e in iterative] if fgsm else [],
@@ -318,11 +322,13 @@ def sanity_checks(entries, eps, large_eps):
             a, b = weak.attack, strong.attack
             same = (a.loss, a.target, a.momentum, a.init, a.rel_step_size, a.step_size) == (
                 b.loss, b.target, b.momentum, b.init, b.rel_step_size, b.step_size)
-            if same and (b.steps, b.restarts) != (a.steps, a.restarts) and b.steps >= a.steps and b.restarts >= a.restarts:
+            more = (b.steps, b.restarts) != (a.steps, a.restarts) and b.steps >= a.steps and b.restarts >= a.restarts
+            if same and more:
                 pairs.append(_compare(weak, strong, "more iterations"))
     checks["more_iterations_not_weaker"] = _check(
         pairs, "more steps/restarts raised accuracy beyond noise:",
-        "more steps/restarts never raised accuracy beyond noise", "no pair of PGD runs differing only in steps/restarts")
+        "more steps/restarts never raised accuracy beyond noise",
+        "no pair of PGD runs differing only in steps/restarts")
 
     large = [e for e in linf if e.eps == large_eps and isinstance(e.attack, attacks_lib.LinfPGD)]
     if large:
@@ -332,7 +338,8 @@ def sanity_checks(entries, eps, large_eps):
             "accuracy": acc,
             "detail": f"{large[0].key} at eps = {large_eps:g}: accuracy {acc:.4f} "
             + ("<= " if acc <= LARGE_EPS_MAX_ACCURACY else "> ") + f"{LARGE_EPS_MAX_ACCURACY} "
-            + ("" if acc <= LARGE_EPS_MAX_ACCURACY else "(the attack cannot even break a huge budget: gradient masking?)"),
+            + ("" if acc <= LARGE_EPS_MAX_ACCURACY
+               else "(the attack cannot even break a huge budget: gradient masking?)"),
         }
 
     squares = [e for e in at_eps if isinstance(e.attack, attack_suite.Square)]
@@ -546,7 +553,8 @@ def format_table(result):
         lines.append(f"| {label} | {entry.get('num_examples', '')} | {clean} | {entry['robust_accuracy']:.4f} | "
                      f"{entry['seconds']:.1f} |")
         for stage in entry.get("stages", []):
-            lines.append(f"| &nbsp;&nbsp;after {stage['attack']} | | | {stage['robust_accuracy']:.4f} | {stage['seconds']:.1f} |")
+            lines.append(f"| &nbsp;&nbsp;after {stage['attack']} | | | {stage['robust_accuracy']:.4f} | "
+                         f"{stage['seconds']:.1f} |")
     lines.append(f"| worst case | {result.get('worst_case_num_examples', result['num_examples'])} | | "
                  f"{result['worst_case_accuracy']:.4f} | |")
     return "\n".join(lines)
@@ -561,7 +569,8 @@ def format_report(result, title="Robustness report", plot_name=None):
         if key in result:
             lines.append(f"- {key}: `{result[key]}`")
     lines += [f"- eps (L-inf, [0, 1] scale): {eps:g} (= {eps * 255:.1f}/255)",
-              f"- examples: {result['num_examples']} (attacks marked with fewer examples ran on the first N); seed {result['seed']}",
+              f"- examples: {result['num_examples']} (attacks marked with fewer examples ran on the first N); "
+              f"seed {result['seed']}",
               "- robust = correct on the clean image and under the attack; seconds are wall-clock and include graph "
               "tracing; a composite derived from its members' runs shows their seconds", ""]
     checks = result.get("sanity_checks", {})

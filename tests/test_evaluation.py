@@ -180,7 +180,8 @@ def test_report_files_with_eps_sweep(trained, tmp_path):
     paths = evaluation.write_report(result, str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    assert json.load(open(paths["json"]))["attacks"]["pgd5"]["robust_accuracy"] == result["attacks"]["pgd5"]["robust_accuracy"]
+    saved = json.load(open(paths["json"]))
+    assert saved["attacks"]["pgd5"]["robust_accuracy"] == result["attacks"]["pgd5"]["robust_accuracy"]
     report = open(paths["md"]).read()
     for section in ("## Robust accuracy", "## Sanity checks", "robust_accuracy_vs_eps.png", "| pgd5 |"):
         assert section in report
