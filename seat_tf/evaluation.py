@@ -522,6 +522,9 @@ def _atomic(path, write):
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; reports are for everyone to read
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
