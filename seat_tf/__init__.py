@@ -19,12 +19,16 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "'seat-tf[tf]' (standard wheel) or 'seat-tf[cpu]' (CPU only)."
     ) from error
 
-from seat_tf import attacks, data, losses, models, schedules  # noqa: E402
-from seat_tf import export  # noqa: E402  (SavedModel export for TF Serving)
-from seat_tf import diagnostics  # noqa: E402
+from seat_tf import attack_suite, attacks, data, diagnostics, evaluation, export, losses, models, schedules  # noqa: E402
+from seat_tf.attack_suite import APGD, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
+from seat_tf.attacks import LinfPGD  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
-from seat_tf.diagnostics import CatastrophicOverfittingMonitor, LinearityErrorMonitor  # noqa: E402
-from seat_tf.evaluation import evaluate  # noqa: E402
+from seat_tf.diagnostics import (  # noqa: E402
+    CatastrophicOverfittingMonitor,
+    DivergenceGuard,
+    LinearityErrorMonitor,
+)
+from seat_tf.evaluation import evaluate, write_report  # noqa: E402
 from seat_tf.training import (  # noqa: E402
     METHODS,
     AdversarialModel,
@@ -41,25 +45,36 @@ from seat_tf.training import (  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
     "METHODS",
     "AdversarialModel",
+    "CarliniWagnerL2",
     "CatastrophicOverfittingMonitor",
+    "Composite",
+    "DeepFool",
+    "DivergenceGuard",
     "FGSMATModel",
     "GradAlignModel",
     "LinearityErrorMonitor",
+    "LinfPGD",
     "NFGSMModel",
     "PGDATModel",
     "RSFGSMModel",
     "SEATModel",
+    "Square",
     "TRADESModel",
+    "attack_suite",
     "attacks",
     "data",
     "diagnostics",
     "evaluate",
+    "evaluation",
     "export",
+    "get_attack",
     "get_method",
     "load_dataset",
     "losses",
     "models",
     "schedules",
+    "write_report",
 ]

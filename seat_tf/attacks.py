@@ -87,13 +87,45 @@ def project(x_adv, x, eps):
     return tf.clip_by_value(x_adv, 0.0, 1.0)
 
 
+def _values(objective, x_adv):
+    """Per-example objective values [B] (float32) and, if the objective reports it, a [B]
+    bool success mask (None otherwise)."""
+    out = objective(x_adv)
+    values, success = out if isinstance(out, (tuple, list)) else (out, None)
+    return tf.cast(values, tf.float32), success
+
+
 def _gradient(objective, x_adv):
-    """Per-example objective values [B] and d sum(objective) / d x_adv (float32)."""
+    """Per-example objective values [B], success mask (or None) and d sum(objective) / d x_adv
+    (float32). A model that cuts the gradient (e.g. a non-differentiable quantization layer)
+    gives a zero gradient, not an error: the attack then stalls, which the sanity checks of
+    `seat_tf.evaluate` are there to notice."""
     with tf.GradientTape() as tape:
         tape.watch(x_adv)
-        values = tf.cast(objective(x_adv), tf.float32)
+        values, success = _values(objective, x_adv)
     # A non-scalar target: the gradient of the sum, i.e. per-example gradients.
-    return values, tf.cast(tape.gradient(values, x_adv), tf.float32)
+    grad = tape.gradient(values, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return values, success, tf.cast(grad, tf.float32)
+
+
+def keep_worst(best, candidate):
+    """Per example, the worse case for the model of two attack results.
+
+    Each result is (x_adv [B, ...], values [B], success [B] bool or None). A candidate wins
+    where it succeeds and the incumbent does not, or where both agree on success and its
+    objective value is higher. Restarts, best-iterate tracking and multi-target attacks all
+    merge through this one rule.
+    """
+    x_best, v_best, s_best = best
+    x_cand, v_cand, s_cand = candidate
+    if s_best is None or s_cand is None:
+        better = v_cand > v_best
+        success = None
+    else:
+        better = (s_cand & ~s_best) | ((s_cand == s_best) & (v_cand > v_best))
+        success = s_best | s_cand
+    mask = tf.reshape(better, tf.concat([[-1], tf.ones([tf.rank(x_best) - 1], tf.int32)], axis=0))
+    return tf.where(mask, x_cand, x_best), tf.where(better, v_cand, v_best), success
 
 
 def _l1_normalize(grad):
@@ -101,12 +133,37 @@ def _l1_normalize(grad):
     return grad / (tf.reduce_sum(tf.abs(grad), axis=axes, keepdims=True) + 1e-12)
 
 
+class SignedStep:
+    """The default step rule: x <- constrain(x + step_size * sign(g)), where g is the
+    gradient or, with momentum mu > 0, the MI-FGSM velocity mu * v + g / |g|_1.
+
+    A step rule is the engine's one hook: `initial_state(x_adv)` gives a tuple of tensors
+    carried through the loop, and `__call__(i, x_adv, values, grad, state, constrain)` returns
+    (next x_adv, next state) from the objective values [B] and gradient at iterate i. The
+    engine owns everything else (start, gradient, projection, best-iterate and restarts).
+    """
+
+    def __init__(self, step_size, momentum=0.0):
+        self.step_size = step_size
+        self.momentum = momentum
+
+    def initial_state(self, x_adv):
+        return (tf.zeros_like(x_adv),)
+
+    def __call__(self, i, x_adv, values, grad, state, constrain):
+        (velocity,) = state
+        if self.momentum:
+            velocity = self.momentum * velocity + _l1_normalize(grad)
+            grad = velocity
+        return constrain(x_adv + self.step_size * tf.sign(grad)), (velocity,)
+
+
 def linf_attack(
     objective: Callable[[tf.Tensor], tf.Tensor],
     x,
     *,
     eps,
-    step_size,
+    step_size=None,
     steps: int = 1,
     init: str = "zero",
     init_radius=None,
@@ -115,78 +172,102 @@ def linf_attack(
     project_to_ball: bool = True,
     success: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
     seed=None,
+    step_rule=None,
+    keep_best: bool = False,
     initial_gradient=None,
 ):
-    """Maximizes `objective(x_adv) -> [B]` over the eps-ball by signed-gradient steps.
+    """Maximizes `objective(x_adv) -> [B]` over the eps-ball by projected gradient steps.
 
     Args:
-      objective: per-example value to maximize (e.g. cross-entropy of the true class).
+      objective: per-example value to maximize (e.g. cross-entropy of the true class). It may
+        return (values [B], success [B] bool) to say which examples are already fooled; the
+        engine then prefers successful points without extra forward passes.
       x: clean images [B, ...] in [0, 1].
       eps: L-inf radius (scalar, may be a tensor so it can follow a schedule).
-      step_size: size of each signed step.
-      steps: number of steps (a Python int).
+      step_size: size of each signed step (used by the default step rule).
+      steps: number of gradient evaluations (a Python int).
       init: start rule, see `random_start`; init_radius defaults to eps.
       restarts: independent runs; per example the engine keeps a run where `success` holds
         (e.g. misclassified), else the one with the highest final objective.
       momentum: MI-FGSM decay mu; 0 gives plain PGD.
       project_to_ball: False keeps only the [0, 1] clip (N-FGSM takes larger steps on purpose).
+      success: optional `x_adv -> [B] bool` (one more forward pass per restart) when the
+        objective does not report success itself.
       seed: None, an int or a [2] int tensor (stateless RNG) for the random starts.
+      step_rule: how to move between iterates (see `SignedStep`, the default); APGD's
+        adaptive step size is such a rule (`seat_tf.attack_suite.APGDStep`).
+      keep_best: return, per run, the worst iterate for the model (success first, then the
+        highest objective) instead of the last one.
       initial_gradient: the objective's gradient at x, if the caller already has it (a
-        training step that did a clean backward pass): with init="zero" the first step uses
-        it instead of a forward/backward pass of its own.
+        training step that did a clean backward pass): with init="zero" the first run's first
+        step uses it instead of a forward/backward pass of its own.
 
     Returns:
       Adversarial images, same shape as x, with gradients stopped.
     """
     x = tf.stop_gradient(tf.cast(x, tf.float32))
     eps = tf.cast(eps, tf.float32)
-    step_size = tf.cast(step_size, tf.float32)
     radius = eps if init_radius is None else tf.cast(init_radius, tf.float32)
+    if step_rule is None:
+        if step_size is None:
+            raise ValueError("linf_attack needs step_size (or a step_rule).")
+        step_rule = SignedStep(tf.cast(step_size, tf.float32), momentum)
 
     def constrain(x_adv):
         return project(x_adv, x, eps) if project_to_ball else tf.clip_by_value(x_adv, 0.0, 1.0)
 
-    def step(x_adv, velocity):
-        _, grad = _gradient(objective, x_adv)
-        if momentum:
-            velocity = momentum * velocity + _l1_normalize(grad)
-            grad = velocity
-        return tf.stop_gradient(constrain(x_adv + step_size * tf.sign(grad))), velocity
+    def with_success(values, succeeded, x_adv):
+        if succeeded is None:
+            succeeded = success(x_adv) if success is not None else tf.zeros_like(values, tf.bool)
+        return succeeded
+
+    def evaluate(x_adv):
+        values, succeeded = _values(objective, x_adv)
+        return x_adv, values, with_success(values, succeeded, x_adv)
+
+    def step(i, x_adv, state, best):
+        values, succeeded, grad = _gradient(objective, x_adv)
+        if keep_best:
+            current = (x_adv, values, with_success(values, succeeded, x_adv))
+            best = keep_worst(best, current) if best else current
+        x_next, state = step_rule(i, x_adv, values, grad, state, constrain)
+        return i + 1, tf.stop_gradient(x_next), state, best
 
     seed = as_seed(seed) if init != "zero" else None
 
     def one_run(restart):
         run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, restart)
-        state = (constrain(x + random_start(x, radius, init, run_seed)), tf.zeros_like(x))
-        if initial_gradient is not None and init == "zero" and restart == 0:
-            grad = tf.cast(initial_gradient, tf.float32)
-            velocity = momentum * state[1] + _l1_normalize(grad) if momentum else state[1]
-            grad = velocity if momentum else grad
-            state = (tf.stop_gradient(constrain(x + step_size * tf.sign(grad))), velocity)
-            if steps == 1:
-                return state[0]
-            return tf.while_loop(lambda i, *_: i < steps, lambda i, *s: (i + 1, *step(*s)), (1, *state))[1]
-        if steps == 1:
-            return step(*state)[0]
-        # An explicit while_loop, not a Python loop: Keras traces train_step without autograph.
-        _, x_adv, _ = tf.while_loop(lambda i, *_: i < steps, lambda i, *s: (i + 1, *step(*s)), (0, *state))
+        x_adv = constrain(x + random_start(x, radius, init, run_seed))
+        state = step_rule.initial_state(x_adv)
+        if keep_best:
+            # Iterate 0 seeds the best-so-far so the loop carries a fixed structure.
+            _, x_adv, state, best = step(0, x_adv, state, None)
+            start = 1
+        elif initial_gradient is not None and init == "zero" and restart == 0:
+            # x_adv == x here: the caller's gradient at x is this step's gradient.
+            x_adv, state = step_rule(0, x_adv, None, tf.cast(initial_gradient, tf.float32), state, constrain)
+            x_adv = tf.stop_gradient(x_adv)
+            best, start = (), 1
+        else:
+            best, start = (), 0
+        if steps - start == 1:
+            _, x_adv, state, best = step(start, x_adv, state, best)
+        elif steps - start > 1:
+            # An explicit while_loop, not a Python loop: Keras traces train_step without autograph.
+            _, x_adv, state, best = tf.while_loop(
+                lambda i, *_: i < steps, lambda i, *s: step(i, *s), (tf.constant(start), x_adv, state, best)
+            )
+        if keep_best:
+            return keep_worst(best, evaluate(x_adv))[0]
         return x_adv
 
     best = one_run(0)
     if restarts == 1:
         return best
-    best_value = tf.cast(objective(best), tf.float32)
-    best_success = success(best) if success is not None else tf.zeros_like(best_value, tf.bool)
+    best = evaluate(best)
     for restart in range(1, restarts):
-        candidate = one_run(restart)
-        value = tf.cast(objective(candidate), tf.float32)
-        cand_success = success(candidate) if success is not None else tf.zeros_like(value, tf.bool)
-        better = (cand_success & ~best_success) | ((cand_success == best_success) & (value > best_value))
-        mask = tf.reshape(better, [-1] + [1] * (len(x.shape) - 1))
-        best = tf.where(mask, candidate, best)
-        best_value = tf.where(better, value, best_value)
-        best_success = best_success | cand_success
-    return best
+        best = keep_worst(best, evaluate(one_run(restart)))
+    return best[0]
 
 
 def misclassified(model_fn, labels):
@@ -198,12 +279,43 @@ def misclassified(model_fn, labels):
     return success
 
 
+TARGETS = ("random", "least_likely")
+
+
+def choose_targets(logits, labels, rule, seed=None):
+    """Target classes [B] for a targeted attack from the clean logits [B, K].
+
+    random: uniform over the K - 1 wrong classes (stateless, from seed); least_likely: the
+    class with the lowest clean logit (Kurakin et al.'s "least likely" target).
+    """
+    labels = tf.cast(labels, tf.int32)
+    if rule == "least_likely":
+        return tf.argmin(logits, axis=-1, output_type=tf.int32)
+    if rule == "random":
+        num_classes = tf.shape(logits)[-1]
+        seed = tf.random.experimental.stateless_fold_in(as_seed(seed), 7919)  # independent of the starts
+        shift = tf.random.stateless_uniform(tf.shape(labels), seed, minval=1, maxval=num_classes, dtype=tf.int32)
+        return (labels + shift) % num_classes
+    raise ValueError(f"Unknown target rule {rule!r}; choose one of {TARGETS}.")
+
+
+def targeted_objective(loss, targets, labels, logits):
+    """Per-example value to maximize to push the prediction to `targets` [B]: -CE(t) for
+    "ce", z_t - max_{j != t} z_j for "margin", the targeted DLR loss for "dlr"."""
+    if loss == "dlr":
+        return losses.targeted_dlr_loss(targets, labels, logits)
+    return -losses.get(loss)(targets, logits)
+
+
 @dataclasses.dataclass(frozen=True)
 class LinfPGD:
-    """A configuration of the engine against a classifier: FGSM, PGD, CW-inf, MI-FGSM, ...
+    """A configuration of the engine against a classifier: FGSM, PGD, CW-inf, MI-FGSM,
+    targeted PGD, ...
 
     step_size is absolute if given, else rel_step_size * eps. `loss` names a per-example
-    loss from `seat_tf.losses` ("ce", "margin" for CW-inf, "dlr").
+    loss from `seat_tf.losses` ("ce", "margin" for CW-inf, "dlr"). `target` makes the attack
+    targeted ("random" or "least_likely" class, see `choose_targets`); success, and so the
+    choice among restarts, is still "misclassified", the event robust accuracy counts.
     """
 
     steps: int = 10
@@ -214,12 +326,15 @@ class LinfPGD:
     loss: str = "ce"
     momentum: float = 0.0
     name: Optional[str] = None
+    target: Optional[str] = None
 
     def __post_init__(self):
         if self.steps < 1 or self.restarts < 1:
             raise ValueError(f"Attack needs steps >= 1 and restarts >= 1, got {self.steps}, {self.restarts}.")
         if self.init not in INITS:
             raise ValueError(f"Unknown attack init {self.init!r}; choose one of {INITS}.")
+        if self.target is not None and self.target not in TARGETS:
+            raise ValueError(f"Unknown target rule {self.target!r}; choose one of {TARGETS} or None.")
         losses.get(self.loss)
 
     def step_for(self, eps):
@@ -227,9 +342,23 @@ class LinfPGD:
 
     def __call__(self, model_fn, x, y, eps, seed=None):
         """Adversarial examples for classifier `model_fn` (images -> logits) at radius eps."""
-        loss_fn = losses.get(self.loss)
+        y = tf.cast(y, tf.int32)
+        if self.target is None:
+            loss_fn = losses.get(self.loss)
+            value_fn = lambda logits: loss_fn(y, logits)  # noqa: E731
+        else:
+            targets = choose_targets(model_fn(x), y, self.target, seed)
+            value_fn = lambda logits: targeted_objective(self.loss, targets, y, logits)  # noqa: E731
+
+        def objective(x_adv):
+            logits = model_fn(x_adv)
+            if self.restarts == 1:
+                return value_fn(logits)
+            # Report success from the same forward pass: restarts keep fooled examples fooled.
+            return value_fn(logits), tf.argmax(logits, axis=-1, output_type=tf.int32) != y
+
         return linf_attack(
-            lambda x_adv: loss_fn(y, model_fn(x_adv)),
+            objective,
             x,
             eps=eps,
             step_size=self.step_for(eps),
@@ -237,7 +366,6 @@ class LinfPGD:
             init=self.init,
             restarts=self.restarts,
             momentum=self.momentum,
-            success=misclassified(model_fn, y) if self.restarts > 1 else None,
             seed=seed,
         )
 
@@ -256,12 +384,17 @@ def pgd(model_fn, x, y, eps, steps=10, restarts=1, rel_step_size=0.25, loss="ce"
     return spec(model_fn, x, y, eps, seed=seed)
 
 
-_PATTERN = re.compile(r"^(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$")
+_PATTERN = re.compile(r"^(targeted_|targeted_ll_)?(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$")
 
 
 def get_attack(spec):
-    """An attack from a name ("fgsm", "pgd20", "pgd50x10", "cw20", "mifgsm10"), a dict of
-    `LinfPGD` fields, or an attack object (returned as is)."""
+    """An attack from a name, a dict of `LinfPGD` fields, or an attack object (returned as is).
+
+    Names here: "fgsm", "pgdK", "pgdKxR" (K steps, R restarts, e.g. the paper's "pgd50x10"),
+    "cwK" (CW-inf), "mifgsmK", and a "targeted_" (random target) or "targeted_ll_" (least
+    likely target) prefix on any of them ("targeted_pgd20"). Other names (APGD, Square,
+    DeepFool, CW-L2, the "standard" composite) are resolved by `seat_tf.attack_suite`.
+    """
     if spec is None or callable(spec):
         return spec
     if isinstance(spec, dict):
@@ -273,10 +406,15 @@ def get_attack(spec):
         return LinfPGD(steps=1, rel_step_size=1.0, init="zero", name=name)
     match = _PATTERN.match(name)
     if not match:
-        raise ValueError(f"Unknown attack {spec!r}; use 'fgsm', 'pgdK', 'pgdKxR', 'cwK' or 'mifgsmK'.")
-    kind, steps, restarts = match.group(1), int(match.group(2)), int(match.group(3) or 1)
+        from seat_tf import attack_suite  # the suite builds on this module
+
+        return attack_suite.get_attack(spec)
+    prefix, kind, steps, restarts = match.group(1), match.group(2), int(match.group(3)), int(match.group(4) or 1)
+    target = {None: None, "targeted_": "random", "targeted_ll_": "least_likely"}[prefix]
     if kind == "pgd":
-        return LinfPGD(steps=steps, restarts=restarts, name=name)
+        return LinfPGD(steps=steps, restarts=restarts, name=name, target=target)
     if kind == "cw":
-        return LinfPGD(steps=steps, restarts=restarts, loss="margin", name=name)
-    return LinfPGD(steps=steps, restarts=restarts, init="zero", momentum=1.0, rel_step_size=1.0 / steps, name=name)
+        return LinfPGD(steps=steps, restarts=restarts, loss="margin", name=name, target=target)
+    return LinfPGD(
+        steps=steps, restarts=restarts, init="zero", momentum=1.0, rel_step_size=1.0 / steps, name=name, target=target
+    )

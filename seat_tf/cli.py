@@ -11,9 +11,14 @@ finished epoch), tensorboard/, history.json, config.json, model.keras and report
 (clean and robust test accuracy under config.eval_attacks); with the config's diagnostics
 monitors on, also co_monitor.json and co_monitor.png.
 diagnose writes diagnostics.json and PNGs (loss landscapes, decision-boundary distortion).
+
+    seat-tf evaluate --model=runs/fmnist/model.keras --dataset=fashion_mnist --eps=0.1 \
+        --attacks=fgsm,pgd20,pgd50x10@1000,standard@1000 --workdir=runs/fmnist/eval
+
+evaluate writes report.json, report.md (a table like the paper's, sanity checks) and
+robust_accuracy_vs_eps.png into --workdir.
 """
 
-import json
 import os
 import sys
 import time
@@ -32,6 +37,25 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker",
                   "tf.distribute strategy of train: default (one device), mirrored (all local GPUs), "
                   "multi_worker (hosts from TF_CONFIG, see docs/distributed.md) or tpu.")
 flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM's chips).")
+
+# Flags shared by the subcommands (each says which commands read it).
+flags.DEFINE_string("model", None, "export, evaluate: a .keras archive; diagnose: comma-separated archives.")
+flags.DEFINE_string("dataset", "fashion_mnist", "evaluate, diagnose: dataset name (seat_tf.data.DATASETS) or a .npz path.")
+flags.DEFINE_string("data_dir", None, "evaluate: folder of the local dataset files.")
+flags.DEFINE_float("eps", None, "evaluate, diagnose: L-inf radius in [0, 1] pixel units (e.g. 0.1, or 0.0313725 for 8/255).")
+flags.DEFINE_integer("num_examples", 1000, "diagnose: test images to use (the first N).")
+flags.DEFINE_string("out", None, "export: TF Serving's model base path; the SavedModel goes to <out>/<version>/.")
+flags.DEFINE_integer("version", None, "export: version folder (default: one more than the largest existing one).")
+flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing; tune: start the search afresh instead of resuming it.")
+flags.DEFINE_list("attacks", ["fgsm", "pgd20", "pgd50x10", "standard"],
+                  "evaluate: attacks, 'name' or 'name@N' (first N examples), e.g. pgd20,pgd50x10@1000,standard@1000.")
+flags.DEFINE_integer("limit", None, "evaluate: use only the first N test examples.")
+flags.DEFINE_integer("batch_size", 500, "evaluate: examples per batch.")
+flags.DEFINE_integer("seed", 0, "evaluate: seed of the attacks (same seed, same result).")
+flags.DEFINE_list("sweep_eps", None, "evaluate: eps values of the accuracy-vs-eps plot (default: 0 to 2 eps).")
+flags.DEFINE_list("sweep_attacks", None, "evaluate: attacks of the plot (default: the L-inf attacks of --attacks).")
+flags.DEFINE_integer("sweep_limit", 500, "evaluate: examples of the plot (the first N).")
+flags.DEFINE_integer("sanity_limit", 500, "evaluate: examples of the sanity checks (the first N).")
 
 COMMANDS = {}
 
@@ -59,7 +83,7 @@ def train(argv):
     """Trains config.method on config.dataset; writes checkpoints, history and a report."""
     import keras
 
-    from seat_tf import distribute, evaluation, experiment
+    from seat_tf import distribute, evaluation, experiment, fileio
 
     _require("config")
     _require("workdir")
@@ -78,7 +102,7 @@ def train(argv):
     outdir = distribute.output_dir(workdir, worker)
     monitors = experiment.build_monitors(config, outdir)  # on every worker: same weights, same decisions
     os.makedirs(outdir, exist_ok=True)
-    evaluation.write_json_atomic(experiment.to_dict(config), os.path.join(outdir, "config.json"))
+    fileio.write_json_atomic(experiment.to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
     callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
     if worker.is_chief:
@@ -91,7 +115,7 @@ def train(argv):
     )
     train_seconds = time.time() - start
     history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
-    evaluation.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
+    fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
     save_model_atomic(model, os.path.join(outdir, "model.keras"))
     _report_monitors(monitors, outdir)
     if not worker.is_chief:
@@ -105,17 +129,11 @@ def train(argv):
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
                   train_seconds=round(train_seconds, 1))
-    evaluation.write_json_atomic(report, os.path.join(workdir, "report.json"))
+    fileio.write_json_atomic(report, os.path.join(workdir, "report.json"))
     print(f"\nRobustness report ({report['num_examples']} test images, eps={config.method.epsilon:.4g}):")
     print(evaluation.format_table(report))
     print(f"Saved to {os.path.join(workdir, 'report.json')}")
     return 0
-
-
-flags.DEFINE_string("model", None, "export: the .keras archive to export; diagnose: comma-separated archives.")
-flags.DEFINE_string("out", None, "export: TF Serving's model base path; the SavedModel goes to <out>/<version>/.")
-flags.DEFINE_integer("version", None, "export: version folder (default: one more than the largest existing one).")
-flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing.")
 
 
 @command
@@ -128,17 +146,6 @@ def export(argv):
     _require("out")
     export_lib.export_saved_model(FLAGS.model, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
     return 0
-
-
-def _define_once(define, name, default, help_text):
-    """Defines a flag unless another command already did (commands share --model, --eps, ...)."""
-    if name not in FLAGS:
-        define(name, default, help_text)
-
-
-_define_once(flags.DEFINE_string, "dataset", None, "Dataset name (fashion_mnist, cifar10, ...) or a .npz path.")
-_define_once(flags.DEFINE_float, "eps", None, "L-inf radius in [0, 1] pixel units.")
-_define_once(flags.DEFINE_integer, "num_examples", 1000, "Test images the command uses.")
 
 
 def _report_monitors(monitors, workdir):
@@ -180,7 +187,7 @@ def diagnose(argv):
     import keras  # after the flag checks: a usage error should not wait for TensorFlow
 
     import seat_tf  # noqa: F401  (registers the model classes for loading)
-    from seat_tf import data, diagnostics, evaluation
+    from seat_tf import data, diagnostics, fileio
 
     test = data.load_dataset(FLAGS.dataset, "test", FLAGS.num_examples, limit=FLAGS.num_examples, shuffle=False)
     x, y = (t.numpy() for t in next(iter(test)))
@@ -198,7 +205,7 @@ def diagnose(argv):
     plots = diagnostics.write_plots(results, FLAGS.workdir)
     output = {"dataset": FLAGS.dataset, "eps": FLAGS.eps, "models": dict(zip(_model_names(paths), paths)),
               "results": results, "plots": {k: os.path.basename(v) for k, v in plots.items()}}
-    evaluation.write_json_atomic(output, os.path.join(FLAGS.workdir, "diagnostics.json"))
+    fileio.write_json_atomic(output, os.path.join(FLAGS.workdir, "diagnostics.json"))
     print(f"Saved diagnostics.json and {len(plots)} PNGs to {FLAGS.workdir}")
     return 0
 
@@ -212,6 +219,54 @@ from tuning import search as _tuning_search  # noqa: E402
 def tune(argv):
     """KerasTuner search over SEAT's lam and flood level, then PGD-50-10 of the best trial."""
     return _tuning_search.tune(argv)
+
+
+@command
+def evaluate(argv):
+    """Robust accuracy of a saved model: report.json, report.md and robust_accuracy_vs_eps.png
+    in --workdir, with the sanity checks of seat_tf.evaluation."""
+    import keras
+
+    from seat_tf import attack_suite, data, evaluation
+
+    _require("model")
+    _require("eps")
+    _require("workdir")
+    # Everything that can fail on bad input happens before anything is written.
+    if not os.path.isfile(FLAGS.model):
+        raise app.UsageError(f"--model={FLAGS.model} is not a file.")
+    eps = FLAGS.eps
+    if not 0 <= eps <= 1:
+        raise app.UsageError(f"--eps must be in [0, 1] (pixel scale, e.g. 8/255 = 0.0314), got {eps}.")
+    for spec in list(FLAGS.attacks) + list(FLAGS.sweep_attacks or []):
+        attack_suite.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
+    if FLAGS.sweep_eps is not None:
+        try:
+            sweep_eps = [float(v) for v in FLAGS.sweep_eps]
+        except ValueError:
+            raise app.UsageError(f"--sweep_eps must be numbers, got {FLAGS.sweep_eps}.") from None
+        if any(not 0 <= v <= 1 for v in sweep_eps):
+            raise app.UsageError(f"--sweep_eps values must lie in [0, 1], got {sweep_eps}.")
+    else:
+        sweep_eps = [round(eps * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0) if eps * f <= 1]
+    dataset = data.load_dataset(FLAGS.dataset, "test", FLAGS.batch_size, data_dir=FLAGS.data_dir, limit=FLAGS.limit)
+    model = keras.models.load_model(FLAGS.model)
+
+    start = time.time()
+    result = evaluation.evaluate(
+        model, dataset, attacks=list(FLAGS.attacks), eps=eps, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        sanity_limit=FLAGS.sanity_limit, sweep_eps=sweep_eps, sweep_attacks=FLAGS.sweep_attacks,
+        sweep_limit=FLAGS.sweep_limit,
+    )
+    result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
+                  total_seconds=round(time.time() - start, 1))
+    paths = evaluation.write_report(result, FLAGS.workdir)
+    print(f"\nRobustness report ({result['num_examples']} test images, eps={eps:.4g}):")
+    print(evaluation.format_table(result))
+    failed = [name for name, check in result["sanity_checks"].items() if check["passed"] is False]
+    print("Sanity checks: " + ("all passed" if not failed else "FAILED: " + ", ".join(failed)))
+    print("Wrote " + ", ".join(paths.values()))
+    return 0
 
 
 def main(argv):

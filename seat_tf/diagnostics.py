@@ -19,13 +19,12 @@ All projected steps run on the one attack engine, `seat_tf.attacks.linf_attack`.
 import logging
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attacks, losses
+from seat_tf import attacks, fileio, losses
 
 logger = logging.getLogger(__name__)
 
@@ -337,20 +336,6 @@ def diagnose(model, x, y, eps, *, lipschitz_steps=10, linearity_steps=5, landsca
 # -- plots ------------------------------------------------------------------------------------------
 
 
-def _save_figure(figure, path):
-    """Saves a matplotlib figure via a temporary file and a rename (no half-written PNG)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _pyplot():
     import matplotlib
 
@@ -382,7 +367,7 @@ def _surface_rows(results, key, coords_key, values_of, xlabel, ylabel, title, pa
         axis.set_ylabel(xlabel)
         axis.set_title(f"{name}: contour")
     figure.tight_layout(h_pad=3.0, w_pad=3.0)
-    _save_figure(figure, path)
+    fileio.save_figure_atomic(figure, path)
     plt.close(figure)
 
 
@@ -409,7 +394,7 @@ def write_plots(results, directory):
     axis.set_title("weight loss landscape (1-D)")
     axis.legend()
     paths["weight_landscape_1d"] = os.path.join(directory, "weight_landscape_1d.png")
-    _save_figure(figure, paths["weight_landscape_1d"])
+    fileio.save_figure_atomic(figure, paths["weight_landscape_1d"])
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(6, 4))
@@ -424,7 +409,7 @@ def write_plots(results, directory):
     axis.set_title("decision-boundary distortion")
     axis.legend()
     paths["boundary_distortion"] = os.path.join(directory, "boundary_distortion.png")
-    _save_figure(figure, paths["boundary_distortion"])
+    fileio.save_figure_atomic(figure, paths["boundary_distortion"])
     plt.close(figure)
     return paths
 
@@ -455,7 +440,7 @@ def plot_monitor_history(records, path):
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
-    _save_figure(figure, path)
+    fileio.save_figure_atomic(figure, path)
     plt.close(figure)
 
 
@@ -700,9 +685,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
             record["action"] = self._act(record)
         self.records.append(record)
         if self.log_path:
-            from seat_tf.evaluation import write_json_atomic
-
-            write_json_atomic({"records": self.records, "collapsed_epoch": self.collapsed_epoch,
+            fileio.write_json_atomic({"records": self.records, "collapsed_epoch": self.collapsed_epoch,
                                "restores": self.restores}, self.log_path)
 
     def _act(self, record):

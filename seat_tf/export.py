@@ -32,6 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from seat_tf import fileio
+
 FLOAT_SIGNATURE = "serving_default"
 UINT8_SIGNATURE = "serving_uint8"
 INPUT_KEY = "images"
@@ -311,9 +313,7 @@ def export_saved_model(model, out_dir, version=None, overwrite=False, verify=Tru
     os.makedirs(out_dir, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=out_dir)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_dir, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from a server's user
+        fileio.make_public_dir(tmp_dir)  # mkdtemp's 0700 would hide the model from a server's user
         _write_archive(archive, tmp_dir)
         specs = signature_specs(tmp_dir)
         check = None

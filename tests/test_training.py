@@ -4,7 +4,6 @@ import pytest
 import tensorflow as tf
 
 import seat_tf
-from seat_tf import losses
 
 
 def _twin(make_tiny_cnn, seed=0):

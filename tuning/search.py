@@ -32,7 +32,6 @@ import copy
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 
@@ -41,6 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from seat_tf import fileio  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -69,22 +70,6 @@ flags.DEFINE_string("final_eval_attack", "pgd50x10",
 flags.DEFINE_integer("final_eval_examples", 1000,
                      "Test images of the final evaluation, taken after the validation subset.")
 flags.DEFINE_bool("baseline", True, "Also train and evaluate the config's own lam/flood level with the same budget.")
-
-
-def _write_atomic(path, text=None, figure=None):
-    """Writes text (or saves a matplotlib figure) through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp" + os.path.splitext(path)[1])
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    with os.fdopen(fd, "w") as f:
-        if text is not None:
-            f.write(text)
-    if figure is not None:
-        figure.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
 
 
 def make_strategy(name):
@@ -217,7 +202,7 @@ def scatter_plot(summary, path):
     ax.margins(x=0.1, y=0.1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    _write_atomic(path, figure=fig)
+    fileio.save_figure_atomic(fig, path)
     plt.close(fig)
 
 
@@ -251,7 +236,7 @@ def train_baseline(hypermodel, config, train_ds, val_ds, epochs, directory, stra
     for name in ("val_robust_accuracy", "val_clean_accuracy", objective):
         record[name] = float(history[name][best])
     model.load_weights(weights)
-    _write_atomic(record_path, json.dumps(record, indent=2))
+    fileio.write_json_atomic(record, record_path)
     return model, record
 
 
@@ -349,9 +334,9 @@ def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_tri
     final["subset"] = f"{subset}, {final['num_examples']} images"
     summary["final_evaluation"] = final
 
-    _write_atomic(os.path.join(project_dir, "tuning_summary.json"), json.dumps(summary, indent=2))
+    fileio.write_json_atomic(summary, os.path.join(project_dir, "tuning_summary.json"))
     report = markdown_report(summary)
-    _write_atomic(os.path.join(project_dir, "trials.md"), report)
+    fileio.write_text_atomic(report, os.path.join(project_dir, "trials.md"))
     scatter_plot(summary, os.path.join(project_dir, "trials.png"))
     print("\n" + report)
     print(f"Wrote {project_dir}/tuning_summary.json, trials.md and trials.png")

@@ -1,0 +1,498 @@
+"""The evaluation attack suite beyond PGD: APGD-CE / APGD-T, Square, DeepFool, CW-L2 and
+composites such as "standard" (APGD-CE -> APGD-T -> Square), plus the names that parse them.
+
+APGD (Croce & Hein, 2020) runs on the one L-inf engine, `seat_tf.attacks.linf_attack`: its
+adaptive step size, momentum and restarts-from-the-best-point are a *step rule* (`APGDStep`)
+plugged into the engine's loop, and the engine's `keep_best` returns the worst iterate for
+the model. So projection, gradients, random starts, seeds and restarts are the engine's, as
+for PGD. Square (score-based) needs no gradient and DeepFool / CW-L2 minimize an L2 norm
+instead of searching an L-inf ball, so they sit beside the engine, reusing its projection
+(`project`) and its per-example gradient (`_gradient`).
+
+Every attack is a callable `attack(model_fn, x, y, eps, seed=None) -> x_adv` on batches of
+images in [0, 1] (`model_fn`: images -> logits), pure TensorFlow (runs inside `tf.function`),
+and deterministic for a given seed.
+"""
+
+import dataclasses
+import math
+import re
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from seat_tf import attacks as attacks_lib
+from seat_tf import losses
+
+
+def _per_example(values, x):
+    """Reshapes [B] values to broadcast against x [B, ...]."""
+    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+
+
+def _misclassified(logits, y):
+    return tf.argmax(logits, axis=-1, output_type=tf.int32) != y
+
+
+# -- APGD -----------------------------------------------------------------------------------
+
+
+def apgd_checkpoints(steps):
+    """Iterations at which APGD may halve its step size, from Croce & Hein (2020):
+    w_j = ceil(p_j * N) with p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).
+    For N = 100: [22, 41, 57, 70, 80, 87, 93, 99]."""
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    points = sorted({math.ceil(round(q * steps, 6)) for q in p[1:]})
+    return [w for w in points if 0 < w < steps]
+
+
+class APGDStep:
+    """APGD's step rule for `linf_attack` (Croce & Hein, 2020, Algorithm 1).
+
+    From iterate x_k with gradient g_k: z = P(x_k + eta * sign(g_k)), then
+    x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})) (alpha = 1 at the first
+    step). eta starts at 2 eps, per example. At each checkpoint w_j (`apgd_checkpoints`) eta
+    is halved and the iterate restarts from the best point so far (with zero momentum)
+    where either (1) the objective increased in fewer than rho * (w_j - w_{j-1}) of the
+    steps since w_{j-1}, or (2) eta was not halved at w_{j-1} and the best value has not
+    improved since then.
+
+    Written as a rule of the engine, not a loop of its own: the schedule is the only thing
+    APGD changes about projected gradient ascent.
+    """
+
+    def __init__(self, eps, steps, rho=0.75, alpha=0.75):
+        self.eps = tf.cast(eps, tf.float32)
+        self.rho = float(rho)
+        self.alpha = float(alpha)
+        checkpoints = apgd_checkpoints(steps)
+        interval = [0.0] * steps
+        previous = 0
+        for w in checkpoints:
+            interval[w] = float(w - previous)
+            previous = w
+        self.checkpoints = checkpoints
+        # interval[i] > 0 exactly at checkpoints: the length of the interval ending there.
+        self.interval = tf.constant(interval + [0.0], tf.float32)
+
+    def initial_state(self, x_adv):
+        batch = tf.shape(x_adv)[0]
+        minus_inf = tf.fill([batch], -float("inf"))
+        return dict(
+            x_prev=x_adv,
+            eta=tf.fill([batch], 2.0 * self.eps),
+            x_max=x_adv,
+            g_max=tf.zeros_like(x_adv),
+            f_max=minus_inf,
+            f_prev=tf.fill([batch], float("inf")),  # no "increase" is counted at the first iterate
+            increases=tf.zeros([batch]),
+            f_checkpoint=minus_inf,
+            reduced_last=tf.zeros([batch], tf.bool),
+        )
+
+    def __call__(self, i, x_adv, values, grad, state, constrain):
+        s = dict(state)
+        first = tf.equal(i, 0)
+        # Best point so far (by objective value) and the count of increasing steps.
+        improved = values > s["f_max"]
+        s["x_max"] = tf.where(_per_example(improved, x_adv), x_adv, s["x_max"])
+        s["g_max"] = tf.where(_per_example(improved, x_adv), grad, s["g_max"])
+        s["f_max"] = tf.where(improved, values, s["f_max"])
+        s["increases"] += tf.cast(values > s["f_prev"], tf.float32)
+        s["f_prev"] = values
+        s["f_checkpoint"] = tf.where(first, s["f_max"], s["f_checkpoint"])
+        # Checkpoint: halve eta and go back to the best point where progress stalled.
+        interval = tf.gather(self.interval, i)
+        at_checkpoint = interval > 0
+        oscillating = s["increases"] < self.rho * interval
+        stalled = ~s["reduced_last"] & (s["f_max"] <= s["f_checkpoint"])
+        reduce = at_checkpoint & (oscillating | stalled)
+        s["eta"] = tf.where(reduce, 0.5 * s["eta"], s["eta"])
+        to_best = _per_example(reduce, x_adv)
+        x_adv = tf.where(to_best, s["x_max"], x_adv)
+        grad = tf.where(to_best, s["g_max"], grad)
+        x_prev = tf.where(to_best, s["x_max"], s["x_prev"])
+        s["reduced_last"] = tf.where(at_checkpoint, reduce, s["reduced_last"])
+        s["f_checkpoint"] = tf.where(at_checkpoint, s["f_max"], s["f_checkpoint"])
+        s["increases"] = tf.where(at_checkpoint, tf.zeros_like(s["increases"]), s["increases"])
+        # The step with momentum.
+        z = constrain(x_adv + _per_example(s["eta"], x_adv) * tf.sign(grad))
+        alpha = tf.where(first, 1.0, self.alpha)
+        x_next = constrain(x_adv + alpha * (z - x_adv) + (1.0 - alpha) * (x_adv - x_prev))
+        s["x_prev"] = x_adv
+        return x_next, s
+
+
+@dataclasses.dataclass(frozen=True)
+class APGD:
+    """Auto-PGD: APGD-CE (loss="ce"), APGD-DLR (loss="dlr") or, with targets > 0, APGD-T:
+    the targeted DLR loss against each of the `targets` most likely wrong classes in turn
+    (AutoAttack's standard version uses 9), keeping per example the first success.
+
+    steps counts gradient evaluations per run (AutoAttack: 100); restarts are the engine's.
+    """
+
+    steps: int = 100
+    restarts: int = 1
+    loss: str = "ce"
+    targets: int = 0
+    rho: float = 0.75
+    alpha: float = 0.75
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        if self.steps < 1 or self.restarts < 1 or self.targets < 0:
+            raise ValueError(f"APGD needs steps >= 1, restarts >= 1, targets >= 0; got {self}.")
+        if self.loss not in ("ce", "dlr"):
+            raise ValueError(f"APGD loss must be 'ce' or 'dlr', got {self.loss!r}.")
+
+    def _run(self, model_fn, x, y, eps, seed, value_fn):
+        def objective(x_adv):
+            logits = model_fn(x_adv)
+            return value_fn(logits), _misclassified(logits, y)
+
+        return attacks_lib.linf_attack(
+            objective, x, eps=eps, steps=self.steps, init="uniform", restarts=self.restarts, seed=seed,
+            step_rule=APGDStep(eps, self.steps, self.rho, self.alpha), keep_best=True,
+        )
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        x = tf.cast(x, tf.float32)
+        y = tf.cast(y, tf.int32)
+        seed = attacks_lib.as_seed(seed)
+        if not self.targets:
+            loss_fn = losses.get(self.loss)
+            return self._run(model_fn, x, y, eps, seed, lambda logits: loss_fn(y, logits))
+        clean_logits = model_fn(x)
+        num_classes = clean_logits.shape[-1]
+        if num_classes is None or num_classes < 4:
+            raise ValueError(f"APGD-T needs a known number of classes >= 4 (targeted DLR), got {num_classes}.")
+        ranked = tf.math.top_k(clean_logits, k=num_classes).indices
+        # Rank 0 is the prediction (the label, for the correctly classified examples attacked).
+        predicted_correctly = ranked[:, 0] == y
+
+        def one_target(k, best):
+            targets = tf.where(predicted_correctly, tf.gather(ranked, k, axis=1), tf.gather(ranked, k - 1, axis=1))
+            x_adv = self._run(
+                model_fn, x, y, eps, tf.random.experimental.stateless_fold_in(seed, k),
+                lambda logits: losses.targeted_dlr_loss(targets, y, logits),
+            )
+            logits = model_fn(x_adv)
+            result = (x_adv, losses.margin_loss(y, logits), _misclassified(logits, y))
+            return k + 1, attacks_lib.keep_worst(best, result)
+
+        # A graph loop over targets: one trace of the APGD run, not one per target.
+        logits = clean_logits
+        start = (x, losses.margin_loss(y, logits), _misclassified(logits, y))
+        last = min(self.targets, num_classes - 1)
+        _, best = tf.while_loop(lambda k, _: k <= last, one_target, (tf.constant(1), start))
+        return best[0]
+
+
+# -- Square ---------------------------------------------------------------------------------
+
+
+def square_fraction(i, queries, p_init):
+    """Square's schedule of the fraction p of pixels changed per query (Andriushchenko et
+    al., 2020), on their 10,000-query scale: p_init, halved after 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 (rescaled) queries."""
+    scaled = tf.cast(tf.cast(i, tf.float32) / float(queries) * 10000.0, tf.int32)
+    thresholds = tf.constant([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000], tf.int32)
+    halvings = tf.reduce_sum(tf.cast(scaled > thresholds, tf.float32))
+    return p_init / tf.pow(2.0, halvings)
+
+
+@dataclasses.dataclass(frozen=True)
+class Square:
+    """Square attack, L-inf (Andriushchenko et al., 2020): score-based, no gradients.
+
+    Starts from vertical stripes of +-eps; each query redraws one random square window (side
+    from `square_fraction`) to +-eps per channel, per example, and keeps it where the logit
+    margin z_y - max_{j != y} z_j decreases. Examples stop once misclassified. A window whose
+    new values equal the current ones is flipped instead (one query is never wasted).
+    """
+
+    queries: int = 5000
+    p_init: float = 0.8
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        if self.queries < 1 or not 0 < self.p_init <= 1:
+            raise ValueError(f"Square needs queries >= 1 and 0 < p_init <= 1, got {self}.")
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        x = tf.cast(x, tf.float32)
+        if x.shape.rank != 4:
+            raise ValueError(f"Square needs images [batch, height, width, channels], got shape {x.shape}.")
+        y = tf.cast(y, tf.int32)
+        eps = tf.cast(eps, tf.float32)
+        seed = attacks_lib.as_seed(seed)
+        shape = tf.shape(x)
+        batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
+
+        def margin(x_adv):
+            return -losses.margin_loss(y, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
+
+        stripes = tf.sign(tf.random.stateless_uniform([batch, 1, width, channels], seed, -1.0, 1.0))
+        x_best = attacks_lib.project(x + eps * stripes, x, eps)
+        m_best = margin(x_best)
+
+        def body(i, x_best, m_best):
+            step_seed = tf.random.experimental.stateless_fold_in(seed, i + 1)
+            seeds = tf.random.experimental.stateless_split(step_seed, 3)
+            p = square_fraction(i, self.queries, self.p_init)
+            side = tf.cast(tf.round(tf.sqrt(p * tf.cast(height * width, tf.float32))), tf.int32)
+            side = tf.clip_by_value(side, 1, tf.maximum(tf.minimum(height, width) - 1, 1))
+            top = tf.cast(
+                tf.random.stateless_uniform([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
+            left = tf.cast(
+                tf.random.stateless_uniform([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
+            rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
+            in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
+            in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
+            window = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [B, H, W, 1]
+            sign = tf.sign(tf.random.stateless_uniform([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
+            candidate = attacks_lib.project(tf.where(window, x + eps * sign, x_best), x, eps)
+            unchanged = tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])
+            sign = tf.where(_per_example(unchanged, sign), -sign, sign)
+            candidate = attacks_lib.project(tf.where(window, x + eps * sign, x_best), x, eps)
+            m_new = margin(candidate)
+            accept = (m_new < m_best) & (m_best >= 0)
+            x_best = tf.ensure_shape(tf.where(_per_example(accept, x_best), candidate, x_best), x.shape)
+            return i + 1, x_best, tf.where(accept, m_new, m_best)
+
+        _, x_best, _ = tf.while_loop(
+            lambda i, _, m: (i < self.queries - 1) & tf.reduce_any(m >= 0), body, (tf.constant(0), x_best, m_best)
+        )
+        return x_best
+
+
+# -- minimal-perturbation L2 attacks --------------------------------------------------------
+
+
+def _l2(v):
+    return tf.sqrt(tf.reduce_sum(tf.square(v), axis=tf.range(1, tf.rank(v))))
+
+
+@dataclasses.dataclass(frozen=True)
+class DeepFool:
+    """DeepFool, L2 (Moosavi-Dezfooli et al., 2016): the smallest step onto the nearest
+    linearized decision boundary, repeated until the label changes. eps is ignored (it is
+    a minimal-perturbation attack; report its fooling rate and perturbation norms).
+
+    Among the `candidates` classes with the highest clean logits, each step picks
+    l = argmin_k |f_k| / ||w_k|| (f_k = z_k - z_y, w_k its input gradient) and adds
+    r = (|f_l| + 1e-4) w_l / ||w_l||^2; the image is x + (1 + overshoot) * sum(r), in [0, 1].
+    On an affine classifier the first step lands exactly on the nearest boundary.
+    """
+
+    steps: int = 50
+    overshoot: float = 0.02
+    candidates: int = 10
+    name: Optional[str] = None
+    threat_model = "l2"
+
+    def __call__(self, model_fn, x, y, eps=None, seed=None):
+        x = tf.cast(x, tf.float32)
+        y = tf.cast(y, tf.int32)
+        clean_logits = model_fn(x)
+        num_classes = clean_logits.shape[-1]
+        k = min(self.candidates, num_classes)
+        ranked = tf.math.top_k(clean_logits, k=k).indices
+        # The other classes considered: the top k without y (or the top k - 1 if y is not among them).
+        others = [
+            tf.where(tf.reduce_any(ranked[:, : j + 1] == y[:, None], axis=1), ranked[:, j + 1], ranked[:, j])
+            for j in range(k - 1)
+        ]
+
+        def step(i, total, x_adv, active):
+            best_dist = tf.fill(tf.shape(y), float("inf"))
+            best_r = tf.zeros_like(x)
+            for other in others:
+                def difference(images, other=other):
+                    logits = model_fn(images)
+                    return tf.gather(logits, other, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
+
+                f, _, w = attacks_lib._gradient(difference, x_adv)
+                norm = _l2(w) + 1e-12
+                dist = tf.abs(f) / norm
+                closer = dist < best_dist
+                r = _per_example((tf.abs(f) + 1e-4) / tf.square(norm), w) * w
+                best_r = tf.where(_per_example(closer, x), r, best_r)
+                best_dist = tf.where(closer, dist, best_dist)
+            total = total + tf.where(_per_example(active, x), best_r, tf.zeros_like(x))
+            x_adv = tf.clip_by_value(x + (1.0 + self.overshoot) * total, 0.0, 1.0)
+            active = active & ~_misclassified(model_fn(x_adv), y)
+            return i + 1, total, x_adv, active
+
+        active = ~_misclassified(clean_logits, y)
+        _, _, x_adv, _ = tf.while_loop(
+            lambda i, _, __, active: (i < self.steps) & tf.reduce_any(active),
+            step, (tf.constant(0), tf.zeros_like(x), x, active),
+        )
+        return tf.stop_gradient(x_adv)
+
+
+@dataclasses.dataclass(frozen=True)
+class CarliniWagnerL2:
+    """Carlini-Wagner L2 (2017): minimize ||x' - x||^2 + c * max(z_y - max_{j != y} z_j, -kappa)
+    over x' = (tanh(w) + 1) / 2 with Adam, and binary-search c per example (x10 until the
+    first success, then bisection). Returns the smallest successful x' found (x itself where
+    none is found). A minimal-perturbation attack: eps is ignored.
+    """
+
+    steps: int = 100
+    search_steps: int = 5
+    initial_const: float = 0.1
+    learning_rate: float = 0.01
+    confidence: float = 0.0
+    name: Optional[str] = None
+    threat_model = "l2"
+
+    def __call__(self, model_fn, x, y, eps=None, seed=None):
+        x = tf.cast(x, tf.float32)
+        y = tf.cast(y, tf.int32)
+        w0 = tf.atanh(tf.clip_by_value(2.0 * x - 1.0, -1 + 1e-6, 1 - 1e-6))
+        batch = tf.shape(y)
+        const = tf.fill(batch, float(self.initial_const))
+        lower, upper = tf.zeros(batch), tf.fill(batch, float("inf"))
+        best_l2, best_x = tf.fill(batch, float("inf")), x
+        beta1, beta2, lr = 0.9, 0.999, self.learning_rate
+
+        for _ in range(self.search_steps):
+
+            def loss(w, const=const):
+                x_adv = (tf.tanh(w) + 1.0) / 2.0
+                margin = -losses.margin_loss(y, model_fn(x_adv))
+                return tf.reduce_sum(tf.square(x_adv - x), axis=tf.range(1, tf.rank(x))) + const * tf.maximum(
+                    margin, -self.confidence
+                )
+
+            def adam(t, w, m, v, best_l2, best_x, found):
+                _, _, grad = attacks_lib._gradient(loss, w)
+                m = beta1 * m + (1 - beta1) * grad
+                v = beta2 * v + (1 - beta2) * tf.square(grad)
+                step = tf.cast(t + 1, tf.float32)
+                w = w - lr * (m / (1 - beta1**step)) / (tf.sqrt(v / (1 - beta2**step)) + 1e-8)
+                x_adv = (tf.tanh(w) + 1.0) / 2.0
+                margin = -losses.margin_loss(y, model_fn(x_adv))
+                l2 = _l2(x_adv - x)
+                success = margin < -self.confidence  # z_y below the best other logit: misclassified
+                better = success & (l2 < best_l2)
+                best_x = tf.where(_per_example(better, x), x_adv, best_x)
+                return t + 1, w, m, v, tf.where(better, l2, best_l2), best_x, found | success
+
+            zeros = tf.zeros_like(x)
+            start = (tf.constant(0), w0, zeros, zeros, best_l2, best_x, tf.zeros(batch, tf.bool))
+            _, _, _, _, best_l2, best_x, found = tf.while_loop(lambda t, *_: t < self.steps, adam, start)
+            upper = tf.where(found, tf.minimum(upper, const), upper)
+            lower = tf.where(found, lower, tf.maximum(lower, const))
+            const = tf.where(tf.math.is_inf(upper), const * 10.0, (lower + upper) / 2.0)
+        return tf.stop_gradient(best_x)
+
+
+# -- composites -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Composite:
+    """Attacks run in sequence, each only on the examples every earlier one failed to fool
+    (AutoAttack's protocol): an example counts as robust only if it survives all members.
+
+    `members` are attack names (or objects). `seat_tf.evaluate` runs the members itself to
+    report each stage; calling the composite directly does the same inside one graph.
+    """
+
+    members: Tuple = ("apgd-ce", "apgd-t", "square")
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        if not self.members:
+            raise ValueError("A composite attack needs at least one member.")
+        for member in self.stages():
+            if getattr(member[1], "threat_model", "linf") != "linf":
+                raise ValueError(f"Composite members must be L-inf attacks; {member[0]!r} is not.")
+
+    def stages(self):
+        """[(name, attack)] of the members."""
+        return [(m if isinstance(m, str) else getattr(m, "name", None) or repr(m), get_attack(m)) for m in self.members]
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        x = tf.cast(x, tf.float32)
+        y = tf.cast(y, tf.int32)
+        seed = attacks_lib.as_seed(seed)
+        x_adv = x
+        correct = ~_misclassified(model_fn(x), y)
+        for stage, (_, attack) in enumerate(self.stages()):
+            index = tf.where(correct)[:, 0]
+
+            def run(index=index, attack=attack, stage=stage):
+                sub = attack(model_fn, tf.gather(x, index), tf.gather(y, index), eps,
+                             seed=tf.random.experimental.stateless_fold_in(seed, stage))
+                return tf.tensor_scatter_nd_update(x_adv, index[:, None], sub)
+
+            x_adv = tf.cond(tf.size(index) > 0, run, lambda x_adv=x_adv: x_adv)
+            correct = correct & ~_misclassified(model_fn(x_adv), y)
+        return x_adv
+
+
+# -- names ----------------------------------------------------------------------------------
+
+STANDARD = ("apgd-ce", "apgd-t", "square")
+
+# Fixed names: the paper protocols and the AutoAttack-style composite. "standard" / "aa" is
+# AutoAttack's standard version without FAB-T (which rarely changes its result).
+PRESETS = {
+    "apgd-ce": lambda: APGD(loss="ce", name="apgd-ce"),
+    "apgd-dlr": lambda: APGD(loss="dlr", name="apgd-dlr"),
+    "apgd-t": lambda: APGD(loss="dlr", targets=9, name="apgd-t"),
+    "square": lambda: Square(name="square"),
+    "deepfool": lambda: DeepFool(name="deepfool"),
+    "cw-l2": lambda: CarliniWagnerL2(name="cw-l2"),
+    "standard": lambda: Composite(STANDARD, name="standard"),
+    "aa": lambda: Composite(STANDARD, name="aa"),
+}
+
+_NUMBERED = re.compile(r"^(apgd-ce|apgd-dlr|apgd-t|square|deepfool|cw-l2)(\d+)(?:x(\d+))?$")
+
+NAMES_HELP = (
+    "'fgsm', 'pgdK', 'pgdKxR', 'cwK', 'mifgsmK', 'targeted_pgdK', 'targeted_ll_pgdK', 'apgd-ce[K[xR]]', "
+    "'apgd-dlr[K]', 'apgd-t[K]', 'square[Q]', 'deepfool', 'cw-l2', 'standard' (= 'aa'), or members joined "
+    "by '+' for a composite ('apgd-ce+square')"
+)
+
+
+def get_attack(spec):
+    """An attack from a name (see NAMES_HELP), a dict of `LinfPGD` fields, or an attack
+    object (returned as is). Raises ValueError for unknown names."""
+    if spec is None or callable(spec) or isinstance(spec, dict):
+        return attacks_lib.get_attack(spec)
+    if not isinstance(spec, str):
+        raise ValueError(f"Cannot make an attack from {spec!r}.")
+    name = spec.strip().lower()
+    if "+" in name:
+        return Composite(tuple(part.strip() for part in name.split("+")), name=name)
+    if attacks_lib._PATTERN.match(name) or name == "fgsm":
+        return attacks_lib.get_attack(name)
+    canonical = name.replace("_", "-")
+    if canonical in PRESETS:
+        return PRESETS[canonical]()
+    match = _NUMBERED.match(canonical)
+    if not match:
+        raise ValueError(f"Unknown attack {spec!r}; use {NAMES_HELP}.")
+    kind, number, restarts = match.group(1), int(match.group(2)), int(match.group(3) or 1)
+    if restarts != 1 and not kind.startswith("apgd"):
+        raise ValueError(f"Attack {spec!r}: only APGD and PGD take restarts ('xR').")
+    if kind == "apgd-ce":
+        return APGD(steps=number, restarts=restarts, loss="ce", name=name)
+    if kind == "apgd-dlr":
+        return APGD(steps=number, restarts=restarts, loss="dlr", name=name)
+    if kind == "apgd-t":
+        return APGD(steps=number, restarts=restarts, loss="dlr", targets=9, name=name)
+    if kind == "square":
+        return Square(queries=number, name=name)
+    if kind == "deepfool":
+        return DeepFool(steps=number, name=name)
+    return CarliniWagnerL2(steps=number, name=name)

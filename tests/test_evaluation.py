@@ -1,0 +1,213 @@
+"""seat_tf.evaluate: attack orderings on a small trained model, composites, determinism,
+sanity checks that catch masked gradients and broken attacks, reports and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import seat_tf
+from seat_tf import evaluation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS = 0.1  # the trained toy model below keeps about half its accuracy under PGD at this radius
+
+
+def _toy(n=240, seed=0, classes=5):
+    """Class k brightens rows k+1..k+2 of an 8x8 image (x float32 [n, 8, 8, 1], y int32 [n])."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n).astype(np.int32)
+    x = rng.uniform(0, 0.4, (n, 8, 8, 1)).astype(np.float32)
+    for k in range(classes):
+        x[y == k, k + 1 : k + 3, 1:7, 0] += 0.35
+    return np.clip(x, 0, 1), y
+
+
+def _train(x, y, quantize=False):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = inputs
+    if quantize:  # a non-differentiable input quantization: gradients are exactly zero
+        h = keras.layers.Lambda(lambda t: tf.stop_gradient(tf.round(t * 4) / 4))(h)
+    h = keras.layers.Conv2D(8, 3, activation="relu", padding="same")(h)
+    h = keras.layers.Dense(32, activation="relu")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, keras.layers.Dense(5)(h))
+    model.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=30, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def trained():
+    x, y = _toy()
+    return _train(x, y), tf.data.Dataset.from_tensor_slices((x, y)).batch(120)
+
+
+def _accuracies(result):
+    return {name: entry["robust_accuracy"] for name, entry in result["attacks"].items()}
+
+
+def _tolerance(result, a, b):
+    n = min(result["attacks"][a]["num_examples"], result["attacks"][b]["num_examples"])
+    acc = _accuracies(result)
+    return evaluation.noise_tolerance(acc[a], acc[b], n)
+
+
+def test_attack_orderings_on_a_trained_model(trained):
+    model, dataset = trained
+    composite = "apgd-ce20+apgd-t20+square200"  # square200 runs only inside the composite
+    result = seat_tf.evaluate(
+        model, dataset, attacks=["fgsm", "pgd20", "apgd-ce20", "apgd-t20", "targeted_pgd20", composite],
+        eps=EPS, verbose=0, sanity_limit=120,
+    )
+    acc = _accuracies(result)
+    assert result["clean_accuracy"] > 0.95 and 0.1 < acc["pgd20"] < 0.9  # the orderings below are not vacuous
+    assert acc["pgd20"] <= acc["fgsm"] + _tolerance(result, "pgd20", "fgsm")
+    assert acc["apgd-ce20"] <= acc["pgd20"] + _tolerance(result, "apgd-ce20", "pgd20")
+    assert acc["targeted_pgd20"] >= acc["pgd20"] - _tolerance(result, "targeted_pgd20", "pgd20")
+    for member in ("apgd-ce20", "apgd-t20"):
+        assert acc[composite] <= acc[member] + _tolerance(result, composite, member)
+    stages = [s["robust_accuracy"] for s in result["attacks"][composite]["stages"]]
+    assert stages == sorted(stages, reverse=True) and stages[-1] == acc[composite]
+    assert result["worst_case_accuracy"] <= min(acc.values())
+    # A sound model and sound attacks raise no false alarm.
+    assert result["sanity_passed"], result["sanity_checks"]
+    assert {"within_budget", "pgd_not_weaker_than_fgsm", "more_iterations_not_weaker",
+            "large_eps_accuracy_near_zero", "black_box_not_stronger"} <= set(result["sanity_checks"])
+    assert all(entry["max_linf"] <= EPS + 1e-5 for entry in result["attacks"].values())
+
+
+def test_composite_of_attacks_already_run_is_their_conjunction(trained):
+    model, dataset = trained
+    result = seat_tf.evaluate(model, dataset, attacks=["fgsm", "pgd5", "fgsm+pgd5"], eps=EPS, verbose=0, sanity=False)
+    entry = result["attacks"]["fgsm+pgd5"]
+    assert entry["derived_from"] == ["fgsm", "pgd5"]
+    assert entry["robust_accuracy"] == result["worst_case_accuracy"]
+    assert entry["stages"][0]["robust_accuracy"] == result["attacks"]["fgsm"]["robust_accuracy"]
+    assert entry["robust_accuracy"] <= min(result["attacks"][k]["robust_accuracy"] for k in ("fgsm", "pgd5"))
+
+
+def test_same_seed_gives_identical_results(trained):
+    model, dataset = trained
+    attacks = ["pgd5x2", "apgd-ce10", "apgd-t5", "square100", "targeted_pgd5", "deepfool@40"]
+
+    def run(seed):
+        result = seat_tf.evaluate(model, dataset, attacks=attacks, eps=EPS, seed=seed, verbose=0, sanity=False)
+        for entry in list(result["attacks"].values()) + list(result["minimal_perturbation"].values()):
+            entry.pop("seconds")
+            for stage in entry.get("stages", []):
+                stage.pop("seconds")
+        return result
+
+    assert run(3) == run(3)
+
+
+def test_masked_gradients_are_flagged(tmp_path):
+    x, y = _toy(n=200)
+    model = _train(x, y, quantize=True)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(100)
+    result = seat_tf.evaluate(model, dataset, attacks=["fgsm", "pgd20", "square300"], eps=0.15, verbose=0,
+                              sanity_limit=100)
+    acc = _accuracies(result)
+    # Zero gradients: FGSM and PGD do nothing, the score-based Square attack is unaffected.
+    assert acc["fgsm"] == result["clean_accuracy"] and acc["pgd20"] > 0.8
+    assert acc["square300"] < acc["pgd20"] - 0.3
+    checks = result["sanity_checks"]
+    assert checks["black_box_not_stronger"]["passed"] is False
+    assert checks["large_eps_accuracy_near_zero"]["passed"] is False
+    assert not result["sanity_passed"]
+    evaluation.write_report(result, str(tmp_path))
+    report = open(tmp_path / "report.md").read()
+    assert "**FAIL** `black_box_not_stronger`" in report and "WARNING" in report
+
+
+class _OverBudget:
+    """A broken attack: steps twice as far as allowed."""
+
+    name = "over_budget"
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        return tf.clip_by_value(x + 2 * eps, 0.0, 1.0)
+
+
+def test_attacks_leaving_the_threat_model_are_flagged(trained):
+    model, dataset = trained
+    result = seat_tf.evaluate(model, dataset, attacks=["fgsm", _OverBudget()], eps=0.05, verbose=0, sanity_limit=60)
+    check = result["sanity_checks"]["within_budget"]
+    assert check["passed"] is False and "over_budget" in check["detail"]
+    assert result["attacks"]["over_budget"]["max_linf"] == pytest.approx(0.1, abs=1e-5)
+
+
+def test_any_keras_classifier_and_the_adversarial_wrapper_agree(trained):
+    model, dataset = trained
+    wrapped = seat_tf.SEATModel(model, epsilon=EPS)
+    kwargs = dict(attacks=["fgsm", "pgd5"], eps=EPS, verbose=0, sanity=False)
+    plain, ours = seat_tf.evaluate(model, dataset, **kwargs), seat_tf.evaluate(wrapped, dataset, **kwargs)
+    assert _accuracies(plain) == _accuracies(ours)
+    assert plain["clean_accuracy"] == ours["clean_accuracy"]
+
+
+def test_subsets_limits_and_bad_input(trained):
+    model, dataset = trained
+    result = seat_tf.evaluate(model, dataset, attacks=["fgsm", "pgd5@50", "deepfool@30"], eps=EPS, verbose=0,
+                              limit=200, sanity=False)
+    assert result["num_examples"] == 200
+    assert result["attacks"]["fgsm"]["num_examples"] == 200 and result["attacks"]["pgd5"]["num_examples"] == 50
+    assert result["worst_case_num_examples"] == 50
+    deepfool = result["minimal_perturbation"]["deepfool"]
+    assert deepfool["num_examples"] == 30 and deepfool["fooling_rate"] == 1.0 and deepfool["median_l2"] > 0
+    for bad, message in [(dict(attacks=["pgd5@x"]), "name@N"), (dict(attacks=["pgd5", "pgd5"]), "twice"),
+                         (dict(attacks=["pgd"]), "Unknown attack"), (dict(eps=8), "eps")]:
+        kwargs = dict(attacks=["fgsm"], eps=EPS, verbose=0)
+        kwargs.update(bad)
+        with pytest.raises(ValueError, match=message):
+            seat_tf.evaluate(model, dataset, **kwargs)
+
+
+def test_report_files_with_eps_sweep(trained, tmp_path):
+    model, dataset = trained
+    result = seat_tf.evaluate(model, dataset, attacks=["fgsm", "pgd5"], eps=EPS, verbose=0, sanity_limit=60,
+                              sweep_eps=[0.0, 0.05, 0.1, 0.3], sweep_limit=100)
+    sweep = result["sweep"]
+    assert sweep["num_examples"] == 100 and sweep["eps"] == [0.0, 0.05, 0.1, 0.3]
+    for accuracy in sweep["accuracy"].values():
+        assert accuracy[0] == sweep["clean_accuracy"] and accuracy[-1] < accuracy[0]
+    paths = evaluation.write_report(result, str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    saved = json.load(open(paths["json"]))
+    assert saved["attacks"]["pgd5"]["robust_accuracy"] == result["attacks"]["pgd5"]["robust_accuracy"]
+    report = open(paths["md"]).read()
+    for section in ("## Robust accuracy", "## Sanity checks", "robust_accuracy_vs_eps.png", "| pgd5 |"):
+        assert section in report
+
+
+def _cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "seat_tf.cli", *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT, env=env)
+
+
+def test_evaluate_command_writes_the_report(trained, tmp_path):
+    model, _ = trained
+    model_path = str(tmp_path / "toy.keras")
+    model.save(model_path)
+    x, y = _toy(n=64, seed=1)
+    data_path = str(tmp_path / "toy.npz")
+    np.savez(data_path, x_train=(x * 255).astype(np.uint8), y_train=y, x_test=(x * 255).astype(np.uint8), y_test=y)
+    workdir = str(tmp_path / "eval")
+    common = [f"--model={model_path}", f"--dataset={data_path}", "--eps=0.1", f"--workdir={workdir}", "--verbose=0"]
+    bad = _cli("evaluate", *common, "--attacks=fgsm,pgd")
+    assert bad.returncode != 0 and "Unknown attack" in bad.stderr and not os.path.exists(workdir)
+    result = _cli("evaluate", *common, "--attacks=fgsm,pgd5,square50@32", "--sweep_eps=0,0.1",
+                  "--sweep_limit=32", "--sanity_limit=32")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(os.listdir(workdir)) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    assert report["num_examples"] == 64 and report["attacks"]["square50"]["num_examples"] == 32
+    assert "Sanity checks:" in result.stdout
