@@ -32,7 +32,8 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
 flags.DEFINE_string("workdir", None, "Output folder of train.")
-flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
+                     "(default: 1 on a terminal, 2 when the output goes to a file or CI log).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy of train: default (one device), mirrored (all local GPUs), "
                   "multi_worker (hosts from TF_CONFIG, see docs/distributed.md) or tpu.")
@@ -66,6 +67,13 @@ def command(function):
     return function
 
 
+def verbosity():
+    """--verbose, or 1 (live progress bars) on a terminal and 2 (a line per epoch) in logs."""
+    if FLAGS.verbose is not None:
+        return FLAGS.verbose
+    return 1 if sys.stdout.isatty() else 2
+
+
 def _require(flag_name):
     if getattr(FLAGS, flag_name) is None:
         raise app.UsageError(f"--{flag_name} is required.")
@@ -83,7 +91,7 @@ def train(argv):
     """Trains config.method on config.dataset; writes checkpoints, history and a report."""
     import keras
 
-    from seat_tf import distribute, evaluation, experiment, fileio
+    from seat_tf import diagnostics, distribute, evaluation, experiment, fileio
 
     _require("config")
     _require("workdir")
@@ -110,7 +118,7 @@ def train(argv):
     start = time.time()
     history = model.fit(
         distribute.shard(train_ds, strategy), validation_data=distribute.shard(val_ds, strategy),
-        epochs=config.epochs, callbacks=callbacks, verbose=FLAGS.verbose,
+        epochs=config.epochs, callbacks=callbacks, verbose=verbosity(),
         shuffle=False,  # the tf.data pipeline shuffles
     )
     train_seconds = time.time() - start
@@ -123,16 +131,20 @@ def train(argv):
         return 0
 
     print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
+    eps = config.method.epsilon
     report = evaluation.evaluate(
-        model, test_ds, attacks=list(config.eval_attacks), eps=config.method.epsilon, seed=config.seed,
-        verbose=FLAGS.verbose,
+        model, test_ds, attacks=list(config.eval_attacks), eps=eps, seed=config.seed, verbose=verbosity(),
+        sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
                   train_seconds=round(train_seconds, 1))
-    fileio.write_json_atomic(report, os.path.join(workdir, "report.json"))
-    print(f"\nRobustness report ({report['num_examples']} test images, eps={config.method.epsilon:.4g}):")
+    paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
+    diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
+    print(f"\nRobustness report ({report['num_examples']} test images, eps={eps:.4g}):")
     print(evaluation.format_table(report))
-    print(f"Saved to {os.path.join(workdir, 'report.json')}")
+    failed = [name for name, check in report["sanity_checks"].items() if check["passed"] is False]
+    print("Sanity checks: " + ("all passed" if not failed else "FAILED: " + ", ".join(failed)))
+    print("Saved " + ", ".join(list(paths.values()) + [os.path.join(workdir, "training_curves.png")]))
     return 0
 
 
@@ -196,7 +208,7 @@ def diagnose(argv):
     results = {}
     for name, model in zip(_model_names(paths), models):
         print(f"Diagnosing {name} on {len(x)} test images, eps={FLAGS.eps:.4g}...")
-        results[name] = diagnostics.diagnose(model, x, y, FLAGS.eps, progress=FLAGS.verbose > 0)
+        results[name] = diagnostics.diagnose(model, x, y, FLAGS.eps, progress=verbosity() > 0)
         r = results[name]
         print(f"  clean {r['clean_accuracy']:.3f}  linearity error {r['linearity_error']['mean']:.4g}  "
               f"Lipschitz [{r['lipschitz']['lower']['mean']:.4g}, {r['lipschitz']['upper']['mean']:.4g}]  "
@@ -254,7 +266,7 @@ def evaluate(argv):
 
     start = time.time()
     result = evaluation.evaluate(
-        model, dataset, attacks=list(FLAGS.attacks), eps=eps, seed=FLAGS.seed, verbose=FLAGS.verbose,
+        model, dataset, attacks=list(FLAGS.attacks), eps=eps, seed=FLAGS.seed, verbose=verbosity(),
         sanity_limit=FLAGS.sanity_limit, sweep_eps=sweep_eps, sweep_attacks=FLAGS.sweep_attacks,
         sweep_limit=FLAGS.sweep_limit,
     )

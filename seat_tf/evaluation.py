@@ -150,7 +150,11 @@ class _Runner:
         """Fills each entry's per-example results; returns the clean correctness [N]."""
         cardinality = int(dataset.cardinality())
         batches = cardinality if cardinality > 0 else None
-        progress = keras.utils.Progbar(batches, unit_name="batch") if verbose else None
+        # The shown values are running accuracies already: stateful, so Progbar does not average them
+        # again; verbose=2 (logs, not a terminal) prints one line at the end instead of every batch.
+        shown_keys = ["clean_acc"] + [e.key for e in entries]
+        progress = keras.utils.Progbar(batches, unit_name="batch", verbose=verbose, stateful_metrics=shown_keys) \
+            if verbose else None
         clean_all, seen = [], 0
         for index, (x, y) in enumerate(dataset):
             if limit is not None and seen >= limit:

@@ -53,7 +53,8 @@ def define_shared_flags():
     if "config" not in FLAGS:
         config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
     if "verbose" not in FLAGS:
-        flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+        flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
+                             "(default: 1 on a terminal, 2 otherwise).")
     if "overwrite" not in FLAGS:
         flags.DEFINE_bool("overwrite", False, "Start the search afresh instead of resuming it.")
 
@@ -355,7 +356,8 @@ def tune(argv):
         FLAGS.config, FLAGS.project_dir, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
         epochs_per_trial=FLAGS.epochs_per_trial, overwrite=FLAGS.overwrite,
         strategy=make_strategy(FLAGS.trial_strategy), final_attack=FLAGS.final_eval_attack,
-        final_examples=FLAGS.final_eval_examples, baseline=FLAGS.baseline, verbose=FLAGS.verbose,
+        final_examples=FLAGS.final_eval_examples, baseline=FLAGS.baseline,
+        verbose=FLAGS.verbose if FLAGS.verbose is not None else (1 if sys.stdout.isatty() else 2),
     )
     return 0
 
