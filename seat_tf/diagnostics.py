@@ -444,6 +444,28 @@ def plot_monitor_history(records, path):
     plt.close(figure)
 
 
+def plot_training_history(history, path):
+    """PNG of a fit's History (dict of per-epoch lists): loss, accuracies (clean, on the training
+    perturbation, validation clean and robust) and, where the method logs it, the linearity error."""
+    plt = _pyplot()
+    epochs = list(range(1, len(history.get("loss", [])) + 1))
+    panels = [("loss", ["loss", "val_loss", "adv_loss"]),
+              ("accuracy", ["clean_accuracy", "adv_accuracy", "val_clean_accuracy", "val_robust_accuracy"])]
+    if "linearity_error" in history:
+        panels.append(("linearity error (training batches)", ["linearity_error"]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8))
+    for axis, (title, keys) in zip(axes, panels):
+        for key in keys:
+            if key in history:
+                axis.plot(epochs, history[key], marker="o", label=key)
+        axis.set(xlabel="epoch", title=title)
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    fileio.save_figure_atomic(figure, path)
+    plt.close(figure)
+
+
 # -- learning-rate / step-size control used by the CO monitor ----------------------------------------
 
 
