@@ -15,7 +15,7 @@ logs the local linearity error. The arg after ':' picks the method ("fgsm_at" or
 
 import ml_collections
 
-from seat_tf.experiment import base_config
+from seat_tf.experiment import base_config, shrink_for_smoke
 
 
 def get_config(arg="fgsm_at"):
@@ -39,13 +39,7 @@ def get_config(arg="fgsm_at"):
     method = arg or "fgsm_at"
     if method == "smoke":
         method = "fgsm_at"
-        config.epochs = 2
-        config.dataset.train_limit = 256
-        config.dataset.test_limit = 64
-        config.dataset.val_limit = 64
-        config.dataset.batch_size = 64
-        config.val_attack = "pgd2"
-        config.eval_attacks = ("fgsm", "pgd3")
+        shrink_for_smoke(config, epochs=2, test_limit=64, eval_attacks=("fgsm", "pgd3"))
         config.diagnostics.examples = 32
         config.diagnostics.co_attack = "pgd3"
         config.diagnostics.linearity_steps = 2

@@ -10,7 +10,7 @@ The arg after ':' picks a variant: "quick" (3 epochs, a few minutes on 2 CPU cor
 
 import ml_collections
 
-from seat_tf.experiment import base_config
+from seat_tf.experiment import base_config, shrink_for_smoke
 
 
 def get_config(arg=None):
@@ -35,13 +35,7 @@ def get_config(arg=None):
     if arg == "quick":
         config.epochs = 3
     elif arg == "smoke":
-        config.epochs = 1
-        config.dataset.train_limit = 256
-        config.dataset.test_limit = 128
-        config.dataset.val_limit = 64
-        config.dataset.batch_size = 64
-        config.val_attack = "pgd2"
-        config.eval_attacks = ("fgsm", "pgd5")
+        shrink_for_smoke(config)
     elif arg:
         raise ValueError(f"Unknown variant {arg!r}; use 'quick', 'smoke' or nothing.")
     return config

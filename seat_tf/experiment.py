@@ -106,16 +106,24 @@ def cifar10_paper_config(method, arg=None):
         dict(name="sgd", learning_rate=0.2, momentum=0.9, weight_decay=5e-4, schedule="cyclic", peak_fraction=0.4)
     )
     if arg == "smoke":
-        config.epochs = 1
-        config.dataset.train_limit = 64
-        config.dataset.test_limit = 32
-        config.dataset.val_limit = 32
-        config.dataset.batch_size = 32
+        shrink_for_smoke(config, train_limit=64, test_limit=32, batch_size=32, eval_attacks=("fgsm",))
         config.model.width = 8
-        config.val_attack = "pgd2"
-        config.eval_attacks = ("fgsm",)
     elif arg:
         raise ValueError(f"Unknown variant {arg!r}; use 'smoke' or nothing.")
+    return config
+
+
+def shrink_for_smoke(config, *, epochs=1, train_limit=256, test_limit=128, batch_size=64,
+                     eval_attacks=("fgsm", "pgd5")):
+    """Makes a config run in seconds (the ":smoke" variants tests use): tiny subsets, a
+    2-step validation attack, cheap final attacks. Returns the config."""
+    config.epochs = epochs
+    config.dataset.train_limit = train_limit
+    config.dataset.test_limit = test_limit
+    config.dataset.val_limit = min(64, test_limit)
+    config.dataset.batch_size = batch_size
+    config.val_attack = "pgd2"
+    config.eval_attacks = tuple(eval_attacks)
     return config
 
 

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny models and generated data, so tests run in seconds on a CPU."""
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,6 +11,37 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def run_module():
+    """run(module, *args): `python -m module args` in a fresh process from the repository root
+    (this checkout on PYTHONPATH); returns the CompletedProcess with text stdout/stderr."""
+
+    def run(module, *args, timeout=600):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture
+def cli(run_module):
+    """cli(*args): the `seat-tf` command line in a fresh process."""
+    return lambda *args, **kwargs: run_module("seat_tf.cli", *args, **kwargs)
+
+
+@pytest.fixture
+def fake_fmnist_npz(tmp_path):
+    """A .npz of random 28x28 uint8 images (128 train, 64 test, 10 classes) for CLI runs."""
+    rng = np.random.default_rng(0)
+    path = str(tmp_path / "fake_fmnist.npz")
+    np.savez(path, x_train=rng.integers(0, 256, (128, 28, 28), dtype=np.uint8), y_train=np.arange(128) % 10,
+             x_test=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), y_test=np.arange(64) % 10)
+    return path
 
 
 def linear_classifier(weights, bias, input_shape):

@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
@@ -12,10 +10,8 @@ from benchmarks.co_benchmark import co_epoch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(module, *args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    result = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                            timeout=600)
+def _run(run_module, module, *args):
+    result = run_module(module, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -30,7 +26,7 @@ def test_co_epoch_flags_a_collapse_and_not_a_healthy_run():
     assert co_epoch(drop) is None
 
 
-def test_co_benchmark_tiny_run_writes_json_table_and_png(tmp_path):
+def test_co_benchmark_tiny_run_writes_json_table_and_png(run_module, tmp_path):
     rng = np.random.default_rng(0)
     data = str(tmp_path / "tiny.npz")
     np.savez(data, x_train=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), y_train=np.arange(64) % 10,
@@ -38,20 +34,20 @@ def test_co_benchmark_tiny_run_writes_json_table_and_png(tmp_path):
     out = str(tmp_path / "co")
     args = [f"--out={out}", f"--dataset={data}", "--methods=fgsm_at,seat", "--seeds=0", "--epochs=1",
             "--eval_subset=32", "--final_limit=32", "--final_attack=pgd3", "--batch_size=32"]
-    _run("benchmarks.co_benchmark", *args)
+    _run(run_module, "benchmarks.co_benchmark", *args)
     results = json.load(open(os.path.join(out, "results.json")))
     assert {row["method"] for row in results["rows"]} == {"fgsm_at", "seat"}
     for row in results["rows"]:
         assert len(row["pgd20_per_epoch"]) == 1 and 0.0 <= row["final_robust"] <= 1.0
     assert os.path.getsize(os.path.join(out, "co_benchmark.png")) > 1000
     assert "| fgsm_at |" in open(os.path.join(out, "table.md")).read()
-    again = _run("benchmarks.co_benchmark", *args)  # resumable: finished runs are skipped
+    again = _run(run_module, "benchmarks.co_benchmark", *args)  # resumable: finished runs are skipped
     assert again.stdout.count("skip") == 2
 
 
-def test_step_cost_benchmark_reports_ratios(tmp_path):
+def test_step_cost_benchmark_reports_ratios(run_module, tmp_path):
     out = str(tmp_path / "cost.json")
-    _run("benchmarks.step_cost", f"--out={out}", "--methods=plain,fgsm_at,seat,pgd_at", "--steps=1", "--rounds=1",
+    _run(run_module, "benchmarks.step_cost", f"--out={out}", "--methods=plain,fgsm_at,seat,pgd_at", "--steps=1", "--rounds=1",
          "--batch_size=16")
     result = json.load(open(out))
     ratios = result["settings"]["jit_off"]["ratio_to_fgsm_at"]

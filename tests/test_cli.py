@@ -1,35 +1,15 @@
 import json
 import os
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "seat_tf.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
-
-
-@pytest.fixture
-def npz_dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    path = str(tmp_path / "fake_fmnist.npz")
-    np.savez(path, x_train=rng.integers(0, 256, (128, 28, 28), dtype=np.uint8), y_train=np.arange(128) % 10,
-             x_test=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), y_test=np.arange(64) % 10)
-    return path
-
-
-def test_train_writes_model_history_and_report(tmp_path, npz_dataset):
+def test_train_writes_model_history_and_report(cli, tmp_path, fake_fmnist_npz):
     workdir = str(tmp_path / "run")
-    result = run_cli("train", "--config=configs/fashion_mnist_seat.py:smoke", f"--config.dataset.name={npz_dataset}",
-                     "--config.epochs=2", f"--workdir={workdir}", "--verbose=0")
+    result = cli("train", "--config=configs/fashion_mnist_seat.py:smoke", f"--config.dataset.name={fake_fmnist_npz}",
+                 "--config.epochs=2", f"--workdir={workdir}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert {"model.keras", "history.json", "report.json", "config.json"} <= set(os.listdir(workdir))
+    assert {"model.keras", "history.json", "report.json", "report.md", "config.json", "training_curves.png",
+            "robust_accuracy_vs_eps.png"} <= set(os.listdir(workdir))
     history = json.load(open(os.path.join(workdir, "history.json")))
     assert len(history["loss"]) == 2 and "val_robust_accuracy" in history
     report = json.load(open(os.path.join(workdir, "report.json")))
@@ -46,14 +26,14 @@ def test_train_writes_model_history_and_report(tmp_path, npz_dataset):
         ("--config.dataset.name=imagenet", "Unknown dataset"),
     ],
 )
-def test_bad_config_fails_before_writing_anything(tmp_path, override, message):
+def test_bad_config_fails_before_writing_anything(cli, tmp_path, override, message):
     workdir = str(tmp_path / "never")
-    result = run_cli("train", "--config=configs/fashion_mnist_seat.py:smoke", override, f"--workdir={workdir}")
+    result = cli("train", "--config=configs/fashion_mnist_seat.py:smoke", override, f"--workdir={workdir}")
     assert result.returncode != 0
     assert message in result.stderr
     assert not os.path.exists(workdir)
 
 
-def test_unknown_command_prints_usage():
-    result = run_cli("fly")
+def test_unknown_command_prints_usage(cli):
+    result = cli("fly")
     assert result.returncode != 0 and "commands:" in result.stderr

@@ -2,34 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
-
-import numpy as np
-import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "seat_tf.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env)
-
-
-@pytest.fixture
-def npz_dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    path = str(tmp_path / "fake_fmnist.npz")
-    np.savez(path, x_train=rng.integers(0, 256, (128, 28, 28), dtype=np.uint8), y_train=np.arange(128) % 10,
-             x_test=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), y_test=np.arange(64) % 10)
-    return path
-
-
-def test_train_with_monitors_then_diagnose(tmp_path, npz_dataset):
+def test_train_with_monitors_then_diagnose(cli, tmp_path, fake_fmnist_npz):
     run = str(tmp_path / "run")
-    result = run_cli("train", "--config=configs/fashion_mnist_co.py:smoke", f"--config.dataset.name={npz_dataset}",
-                     f"--workdir={run}", "--verbose=0")
+    result = cli("train", "--config=configs/fashion_mnist_co.py:smoke", f"--config.dataset.name={fake_fmnist_npz}",
+                 f"--workdir={run}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.load(open(os.path.join(run, "history.json")))
     for key in ("local_linearity_error", "co_pgd_accuracy", "co_fgsm_accuracy", "co_linearity_error", "co_collapsed"):
@@ -41,8 +19,8 @@ def test_train_with_monitors_then_diagnose(tmp_path, npz_dataset):
 
     out = str(tmp_path / "diag")
     model = os.path.join(run, "model.keras")
-    result = run_cli("diagnose", f"--model={model},{model}", f"--dataset={npz_dataset}", "--eps=0.1",
-                     "--num_examples=16", f"--workdir={out}", "--verbose=0")
+    result = cli("diagnose", f"--model={model},{model}", f"--dataset={fake_fmnist_npz}", "--eps=0.1",
+                 "--num_examples=16", f"--workdir={out}", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.load(open(os.path.join(out, "diagnostics.json")))
     assert list(report["results"]) == ["run", "run'"]
@@ -54,16 +32,16 @@ def test_train_with_monitors_then_diagnose(tmp_path, npz_dataset):
         assert open(os.path.join(out, name), "rb").read(4) == b"\x89PNG"
 
 
-def test_diagnose_rejects_bad_flags(tmp_path):
-    result = run_cli("diagnose", "--model=/nonexistent.keras", "--dataset=fashion_mnist", "--eps=0.1",
-                     f"--workdir={tmp_path / 'x'}")
+def test_diagnose_rejects_bad_flags(cli, tmp_path):
+    result = cli("diagnose", "--model=/nonexistent.keras", "--dataset=fashion_mnist", "--eps=0.1",
+                 f"--workdir={tmp_path / 'x'}")
     assert result.returncode != 0 and "no such file" in result.stderr
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_train_rejects_a_bad_co_action(tmp_path):
+def test_train_rejects_a_bad_co_action(cli, tmp_path):
     workdir = str(tmp_path / "never")
-    result = run_cli("train", "--config=configs/fashion_mnist_co.py:smoke", "--config.diagnostics.co_action=panic",
-                     f"--workdir={workdir}")
+    result = cli("train", "--config=configs/fashion_mnist_co.py:smoke", "--config.diagnostics.co_action=panic",
+                 f"--workdir={workdir}")
     assert result.returncode != 0 and "co_action" in result.stderr
     assert not os.path.exists(workdir)

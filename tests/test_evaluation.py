@@ -3,8 +3,6 @@ sanity checks that catch masked gradients and broken attacks, reports and the CL
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -187,13 +185,7 @@ def test_report_files_with_eps_sweep(trained, tmp_path):
         assert section in report
 
 
-def _cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "seat_tf.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT, env=env)
-
-
-def test_evaluate_command_writes_the_report(trained, tmp_path):
+def test_evaluate_command_writes_the_report(cli, trained, tmp_path):
     model, _ = trained
     model_path = str(tmp_path / "toy.keras")
     model.save(model_path)
@@ -202,9 +194,9 @@ def test_evaluate_command_writes_the_report(trained, tmp_path):
     np.savez(data_path, x_train=(x * 255).astype(np.uint8), y_train=y, x_test=(x * 255).astype(np.uint8), y_test=y)
     workdir = str(tmp_path / "eval")
     common = [f"--model={model_path}", f"--dataset={data_path}", "--eps=0.1", f"--workdir={workdir}", "--verbose=0"]
-    bad = _cli("evaluate", *common, "--attacks=fgsm,pgd")
+    bad = cli("evaluate", *common, "--attacks=fgsm,pgd")
     assert bad.returncode != 0 and "Unknown attack" in bad.stderr and not os.path.exists(workdir)
-    result = _cli("evaluate", *common, "--attacks=fgsm,pgd5,square50@32", "--sweep_eps=0,0.1",
+    result = cli("evaluate", *common, "--attacks=fgsm,pgd5,square50@32", "--sweep_eps=0,0.1",
                   "--sweep_limit=32", "--sanity_limit=32")
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(os.listdir(workdir)) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
