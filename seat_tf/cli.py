@@ -130,6 +130,11 @@ def train(argv):
         print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
         return 0
 
+    guards = [m for m in monitors if isinstance(m, diagnostics.DivergenceGuard)]
+    divergence = [event for guard in guards for event in guard.events]
+    if divergence:
+        print(f"\nWARNING: training diverged ({'; '.join(e['reason'] + ' -> ' + e['action'] for e in divergence)}). "
+              f"The model holds the weights of epoch {guards[0].last_good_epoch}.")
     print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
     eps = config.method.epsilon
     report = evaluation.evaluate(
@@ -137,7 +142,7 @@ def train(argv):
         sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
-                  train_seconds=round(train_seconds, 1))
+                  train_seconds=round(train_seconds, 1), divergence_events=divergence)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
     print(f"\nRobustness report ({report['num_examples']} test images, eps={eps:.4g}):")

@@ -742,22 +742,29 @@ class DivergenceGuard(keras.callbacks.Callback):
     Detects, in the training logs: a non-finite `loss` after any batch (checked at once), or
     an epoch whose `monitor` value (default: SEAT's "linearity_error" if logged, else "loss")
     exceeds `factor` times its smallest value over the earlier good epochs (the divergence
-    seen with SEAT-like training at eps 0.3: linearity term 0.24 -> 51 -> 773). Then:
+    seen with SEAT-like training at eps 0.3: linearity term 0.24 -> 51 -> 773). An epoch
+    becomes the "last good" checkpoint only if its value is within `good_factor` of the best:
+    one that is merely suspect (between the two factors) is neither acted on nor kept, so a
+    restore never returns to weights that were already drifting (seen with SEAT, lam 2,
+    eps 0.3: 0.73 -> 12 (restore) -> 7.3 -> 29). Then:
       "stop":    restores the last good epoch's weights and stops training;
       "restore": restores them, multiplies the learning rate by lr_factor and goes on; after
                  max_restores restores it stops.
     Each event is logged as a warning and kept in `events`; the epoch logs get `diverged` (0/1).
     """
 
-    def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2):
+    def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2,
+                 good_factor=2.0):
         super().__init__()
         if action not in ("stop", "restore"):
             raise ValueError(f"action must be 'stop' or 'restore', got {action!r}.")
         if factor <= 1:
             raise ValueError(f"factor must be > 1, got {factor}.")
+        if not 1 <= good_factor <= factor:
+            raise ValueError(f"good_factor must lie in [1, factor], got {good_factor}.")
         if not 0 < lr_factor <= 1:
             raise ValueError(f"lr_factor must lie in (0, 1], got {lr_factor}.")
-        self.monitor, self.factor, self.action = monitor, factor, action
+        self.monitor, self.factor, self.action, self.good_factor = monitor, factor, action, good_factor
         self.lr_factor, self.max_restores = lr_factor, max_restores
         self.events, self.restores = [], 0
         self._good_weights, self._good_epoch, self._best = None, None, None
@@ -791,10 +798,25 @@ class DivergenceGuard(keras.callbacks.Callback):
         if diverged:
             self._act(f"{key} {float(value):.4g} at epoch {epoch + 1} exceeds {self.factor}x its best "
                       f"{self._best:.4g}" if self._best is not None else f"{key} is not finite at epoch {epoch + 1}")
-        elif value is not None:
+        elif value is not None and (self._best is None or float(value) <= self.good_factor * self._best):
             self._best = float(value) if self._best is None else min(self._best, float(value))
             self._good_weights = [np.copy(w) for w in self.model.get_weights()]
             self._good_epoch = epoch + 1
+
+    def on_train_end(self, logs=None):
+        # After a divergence, training ends on the last good weights unless a later epoch was good.
+        restored_just_now = bool(self.events) and self.events[-1]["epoch"] == self._epoch
+        if self.events and self._good_epoch != self._epoch and not restored_just_now and not self.model.stop_training:
+            self.model.set_weights(self._good_weights)
+            self.events.append({"epoch": self._epoch, "reason": f"epoch {self._epoch} is not back within "
+                                f"{self.good_factor}x of the best after a divergence", "action": "restored at the end"})
+            logger.warning(f"Training ended after a divergence without recovering; restored the weights of "
+                           f"epoch {self.last_good_epoch}.")
+
+    @property
+    def last_good_epoch(self):
+        """The epoch whose weights a restore returns to (0: the weights training started with)."""
+        return self._good_epoch or 0
 
     def _act(self, reason):
         good = f"epoch {self._good_epoch}" if self._good_epoch else "the start of training"

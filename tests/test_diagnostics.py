@@ -415,6 +415,23 @@ def test_divergence_guard_restores_last_good_weights_and_lowers_the_lr():
         np.testing.assert_array_equal(start_of_epoch_4, end_of_epoch_2)
 
 
+def test_divergence_guard_never_restores_to_a_suspect_epoch():
+    # Epoch 2 (5x the best) is not acted on but is not a checkpoint either: the divergence at
+    # epoch 3 goes back to epoch 1's weights.
+    model, guard, history, (ends, starts) = _guarded_fit([1.0, 5.0, 20.0, 1.0], action="restore")
+    assert history["diverged"] == [0.0, 0.0, 1.0, 0.0] and guard.last_good_epoch == 4
+    for start_of_epoch_4, end_of_epoch_1 in zip(starts[3], ends[0]):
+        np.testing.assert_array_equal(start_of_epoch_4, end_of_epoch_1)
+
+
+def test_divergence_guard_ends_on_good_weights_after_an_unrecovered_divergence():
+    model, guard, history, (ends, _) = _guarded_fit([1.0, 20.0, 5.0], action="restore")
+    assert [e["action"] for e in guard.events] == ["restored", "restored at the end"]
+    assert guard.last_good_epoch == 1
+    for final, good in zip(model.get_weights(), ends[0]):
+        np.testing.assert_array_equal(final, good)
+
+
 def test_divergence_guard_stop_restores_and_stops():
     model, guard, history, (ends, _) = _guarded_fit([0.24, 0.3, 773.0, 0.3, 0.3], action="stop")
     assert len(history["loss"]) == 3 and guard.events[0]["action"] == "stopped"
@@ -443,3 +460,5 @@ def test_divergence_guard_rejects_bad_settings():
         DivergenceGuard(factor=0.5)
     with pytest.raises(ValueError, match="action"):
         DivergenceGuard(action="warn")
+    with pytest.raises(ValueError, match="good_factor"):
+        DivergenceGuard(factor=10.0, good_factor=20.0)
