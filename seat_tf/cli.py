@@ -125,16 +125,11 @@ def train(argv):
     history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
     fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
     save_model_atomic(model, os.path.join(outdir, "model.keras"))
-    _report_monitors(monitors, outdir)
+    divergence = _report_monitors(monitors, outdir)
     if not worker.is_chief:
         print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
         return 0
 
-    guards = [m for m in monitors if isinstance(m, diagnostics.DivergenceGuard)]
-    divergence = [event for guard in guards for event in guard.events]
-    if divergence:
-        print(f"\nWARNING: training diverged ({'; '.join(e['reason'] + ' -> ' + e['action'] for e in divergence)}). "
-              f"The model holds the weights of epoch {guards[0].last_good_epoch}.")
     print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
     eps = config.method.epsilon
     report = evaluation.evaluate(
@@ -145,10 +140,7 @@ def train(argv):
                   train_seconds=round(train_seconds, 1), divergence_events=divergence)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
-    print(f"\nRobustness report ({report['num_examples']} test images, eps={eps:.4g}):")
-    print(evaluation.format_table(report))
-    failed = [name for name, check in report["sanity_checks"].items() if check["passed"] is False]
-    print("Sanity checks: " + ("all passed" if not failed else "FAILED: " + ", ".join(failed)))
+    _print_report(report, eps)
     print("Saved " + ", ".join(list(paths.values()) + [os.path.join(workdir, "training_curves.png")]))
     return 0
 
@@ -166,13 +158,30 @@ def export(argv):
 
 
 def _report_monitors(monitors, workdir):
+    """Prints (and plots) what the monitors saw; returns the DivergenceGuard's events."""
     from seat_tf import diagnostics
 
+    divergence = []
     for monitor in monitors:
         if isinstance(monitor, diagnostics.CatastrophicOverfittingMonitor) and monitor.records:
             diagnostics.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
             when = f"at epoch {monitor.collapsed_epoch}" if monitor.collapsed_epoch else "in no epoch"
             print(f"Catastrophic-overfitting monitor: collapse {when}; see {os.path.join(workdir, 'co_monitor.json')}")
+        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.events:
+            divergence += monitor.events
+            events = "; ".join(f"{e['reason']} -> {e['action']}" for e in monitor.events)
+            print(f"\nWARNING: training diverged ({events}). The model holds the weights of epoch "
+                  f"{monitor.last_good_epoch}.")
+    return divergence
+
+
+def _print_report(result, eps):
+    from seat_tf import evaluation
+
+    print(f"\nRobustness report ({result['num_examples']} test images, eps={eps:.4g}):")
+    print(evaluation.format_table(result))
+    failed = evaluation.failed_sanity_checks(result)
+    print("Sanity checks: " + ("all passed" if not failed else "FAILED: " + ", ".join(failed)))
 
 
 def _model_names(paths):
@@ -278,10 +287,7 @@ def evaluate(argv):
     result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
                   total_seconds=round(time.time() - start, 1))
     paths = evaluation.write_report(result, FLAGS.workdir)
-    print(f"\nRobustness report ({result['num_examples']} test images, eps={eps:.4g}):")
-    print(evaluation.format_table(result))
-    failed = [name for name, check in result["sanity_checks"].items() if check["passed"] is False]
-    print("Sanity checks: " + ("all passed" if not failed else "FAILED: " + ", ".join(failed)))
+    _print_report(result, eps)
     print("Wrote " + ", ".join(paths.values()))
     return 0
 

@@ -543,6 +543,11 @@ def format_table(result):
     return "\n".join(lines)
 
 
+def failed_sanity_checks(result):
+    """Names of the sanity checks of an evaluation result that failed (skipped ones are not failures)."""
+    return [name for name, check in result.get("sanity_checks", {}).items() if check["passed"] is False]
+
+
 def format_report(result, title="Robustness report", plot_name=None):
     """The Markdown report: the table, a paper-style row, minimal-perturbation attacks and the
     sanity checks (failures in bold, first)."""
@@ -557,7 +562,7 @@ def format_report(result, title="Robustness report", plot_name=None):
               "- robust = correct on the clean image and under the attack; seconds are wall-clock and include graph "
               "tracing; a composite derived from its members' runs shows their seconds", ""]
     checks = result.get("sanity_checks", {})
-    failed = [n for n, c in checks.items() if c["passed"] is False]
+    failed = failed_sanity_checks(result)
     if failed:
         lines += [f"**WARNING: {len(failed)} sanity check(s) failed ({', '.join(failed)}); see below. "
                   "The robust accuracies above may overstate robustness.**", ""]
