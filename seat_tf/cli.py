@@ -79,69 +79,20 @@ def _require(flag_name):
         raise app.UsageError(f"--{flag_name} is required.")
 
 
-def save_model_atomic(model, path):
-    """model.save to a temporary name, then rename: no half-written .keras file."""
-    tmp = path + ".tmp.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
 @command
 def train(argv):
     """Trains config.method on config.dataset; writes checkpoints, history and a report."""
-    import keras
-
-    from seat_tf import diagnostics, distribute, evaluation, experiment, fileio
+    from seat_tf import distribute, experiment
 
     _require("config")
     _require("workdir")
     config = FLAGS.config
     experiment.validate(config)
-    # Everything that can fail on bad input happens before anything is written.
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
-    worker = distribute.worker_info(strategy)
-    experiment.set_seed(config.seed)
-    train_ds, test_ds, val_ds = experiment.build_datasets(config)
-    total_steps = config.epochs * experiment.steps_per_epoch(config, train_ds)
-    model = distribute.build_model(strategy, config, total_steps)
-
-    # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
-    workdir = FLAGS.workdir
-    outdir = distribute.output_dir(workdir, worker)
-    monitors = experiment.build_monitors(config, outdir)  # on every worker: same weights, same decisions
-    os.makedirs(outdir, exist_ok=True)
-    fileio.write_json_atomic(experiment.to_dict(config), os.path.join(outdir, "config.json"))
-    # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
-    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
-    if worker.is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
-    start = time.time()
-    history = model.fit(
-        distribute.shard(train_ds, strategy), validation_data=distribute.shard(val_ds, strategy),
-        epochs=config.epochs, callbacks=callbacks, verbose=verbosity(),
-        shuffle=False,  # the tf.data pipeline shuffles
-    )
-    train_seconds = time.time() - start
-    history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
-    fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
-    save_model_atomic(model, os.path.join(outdir, "model.keras"))
-    divergence = _report_monitors(monitors, outdir)
-    if not worker.is_chief:
-        print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
-        return 0
-
-    print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. Evaluating on the test set...")
-    eps = config.method.epsilon
-    report = evaluation.evaluate(
-        model, test_ds, attacks=list(config.eval_attacks), eps=eps, seed=config.seed, verbose=verbosity(),
-        sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
-    )
-    report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
-                  train_seconds=round(train_seconds, 1), divergence_events=divergence)
-    paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
-    diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
-    _print_report(report, eps)
-    print("Saved " + ", ".join(list(paths.values()) + [os.path.join(workdir, "training_curves.png")]))
+    result = experiment.run(config, FLAGS.workdir, strategy=strategy, verbose=verbosity())
+    if result["report"] is not None:
+        _print_report(result["report"], config.method.epsilon)
+        print("Saved " + ", ".join(result["paths"]))
     return 0
 
 
@@ -155,24 +106,6 @@ def export(argv):
     _require("out")
     export_lib.export_saved_model(FLAGS.model, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
     return 0
-
-
-def _report_monitors(monitors, workdir):
-    """Prints (and plots) what the monitors saw; returns the DivergenceGuard's events."""
-    from seat_tf import diagnostics
-
-    divergence = []
-    for monitor in monitors:
-        if isinstance(monitor, diagnostics.CatastrophicOverfittingMonitor) and monitor.records:
-            diagnostics.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
-            when = f"at epoch {monitor.collapsed_epoch}" if monitor.collapsed_epoch else "in no epoch"
-            print(f"Catastrophic-overfitting monitor: collapse {when}; see {os.path.join(workdir, 'co_monitor.json')}")
-        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.events:
-            divergence += monitor.events
-            events = "; ".join(f"{e['reason']} -> {e['action']}" for e in monitor.events)
-            print(f"\nWARNING: training diverged ({events}). The model holds the weights of epoch "
-                  f"{monitor.last_good_epoch}.")
-    return divergence
 
 
 def _print_report(result, eps):

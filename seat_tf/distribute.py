@@ -1,7 +1,7 @@
 """Distributed training with tf.distribute: one GPU, several GPUs, several hosts, TPUs.
 
     strategy = seat_tf.distribute.make_strategy("mirrored")      # all local GPUs
-    model = seat_tf.distribute.build_model(strategy, config, total_steps)
+    model = seat_tf.experiment.build_model(config, total_steps, strategy)
     model.fit(seat_tf.distribute.shard(train_ds, strategy), ...)  # global batch = config's
 
 The model, its optimizer and its metrics are created inside `strategy.scope()`, and Keras
@@ -23,7 +23,7 @@ import os
 
 import tensorflow as tf
 
-from seat_tf import experiment, keras_compat
+from seat_tf import keras_compat
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -128,14 +128,6 @@ def check_jit_compile(strategy, jit_compile):
             f"{strategy.num_replicas_in_sync} replicas (Keras 3 compiles all replicas into one XLA program). "
             "Use one device or a TPU for XLA, or set --config.jit_compile=False."
         )
-
-
-def build_model(strategy, config, total_steps):
-    """The compiled model of `config` (method, classifier, optimizer, metrics, mixed-precision
-    policy) created inside `strategy.scope()`, so its variables are mirrored."""
-    check_jit_compile(strategy, config.jit_compile)
-    with strategy.scope():
-        return experiment.build_model(config, total_steps)
 
 
 def backup_callback(backup_dir):

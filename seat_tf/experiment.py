@@ -1,5 +1,6 @@
-"""Config -> objects: the one place that turns a ConfigDict into datasets, a model, an
-optimizer and callbacks. The CLI, the tuner and the benchmarks all build through here.
+"""Config -> objects -> results: the one place that turns a ConfigDict into datasets, a
+model, an optimizer and callbacks (`build_*`), and `run(config, workdir)`, the one training
+run (train, save, evaluate, report) that `seat-tf train` and the benchmarks call.
 
 A config (see configs/*.py) has these sections:
 
@@ -17,12 +18,13 @@ A config (see configs/*.py) has these sections:
 import json
 import math
 import os
+import time
 
 import keras
 import ml_collections
 import numpy as np
 
-from seat_tf import data, models, precision
+from seat_tf import data, distribute, fileio, models, precision
 from seat_tf.schedules import CyclicLR
 from seat_tf.training import get_method
 
@@ -246,12 +248,17 @@ def build_optimizer(config, total_steps):
     return keras.optimizers.Adam(lr, weight_decay=weight_decay)
 
 
-def build_model(config, total_steps):
-    """Compiled adversarial-training model for config (call inside a strategy scope).
+def build_model(config, total_steps, strategy=None):
+    """Compiled adversarial-training model for config, created inside `strategy.scope()` when
+    a strategy is given (its variables are then mirrored).
 
     Layers are built under config.mixed_precision; with mixed_float16, `compile` wraps the
-    optimizer in Keras' LossScaleOptimizer.
+    optimizer in Keras' LossScaleOptimizer. Weights are initialized from config.seed.
     """
+    if strategy is not None:
+        distribute.check_jit_compile(strategy, config.jit_compile)
+        with strategy.scope():
+            return build_model(config, total_steps)
     keras.utils.set_random_seed(config.seed)
     method_kwargs = _kwargs(config.method)
     with precision.dtype_policy(config.get("mixed_precision")):
@@ -303,3 +310,84 @@ def build_monitors(config, workdir=None):
 def set_seed(seed):
     keras.utils.set_random_seed(seed)
     np.random.seed(seed)
+
+
+def run(config, workdir, strategy=None, verbose=2, evaluate=True):
+    """Trains config.method on config.dataset and writes its results into `workdir`.
+
+    Writes config.json, history.json, model.keras, training_curves.png and (chief only, with
+    `evaluate`) report.json / report.md / robust_accuracy_vs_eps.png; backup/ lets a killed
+    run resume from its last finished epoch. Returns a dict: model, history (lists per
+    metric), train_seconds, divergence_events, report and paths (None without evaluation
+    or on a non-chief worker).
+    """
+    from seat_tf import diagnostics, evaluation
+
+    validate(config)
+    # Everything that can fail on bad input happens before anything is written.
+    strategy = strategy or distribute.make_strategy("default")
+    worker = distribute.worker_info(strategy)
+    set_seed(config.seed)
+    train_ds, test_ds, val_ds = build_datasets(config)
+    total_steps = config.epochs * steps_per_epoch(config, train_ds)
+    model = build_model(config, total_steps, strategy)
+
+    # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
+    outdir = distribute.output_dir(workdir, worker)
+    monitors = build_monitors(config, outdir)  # on every worker: same weights, same decisions
+    os.makedirs(outdir, exist_ok=True)
+    fileio.write_json_atomic(to_dict(config), os.path.join(outdir, "config.json"))
+    # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
+    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
+    if worker.is_chief:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
+    start = time.time()
+    history = model.fit(
+        distribute.shard(train_ds, strategy), validation_data=distribute.shard(val_ds, strategy),
+        epochs=config.epochs, callbacks=callbacks, verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles
+    )
+    train_seconds = time.time() - start
+    history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
+    fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
+    fileio.save_model_atomic(model, os.path.join(outdir, "model.keras"))
+    divergence = report_monitors(monitors, outdir)
+    result = dict(model=model, history=history_dict, train_seconds=train_seconds, divergence_events=divergence,
+                  report=None, paths=None, is_chief=worker.is_chief)
+    if not worker.is_chief:
+        print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
+        return result
+    diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
+    if not evaluate:
+        return result
+
+    print(f"\nTrained {config.method.name} for {config.epochs} epochs in {train_seconds:.0f} s. "
+          "Evaluating on the test set...")
+    eps = config.method.epsilon
+    report = evaluation.evaluate(
+        model, test_ds, attacks=list(config.eval_attacks), eps=eps, seed=config.seed, verbose=verbose,
+        sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
+    )
+    report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
+                  train_seconds=round(train_seconds, 1), divergence_events=divergence)
+    paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
+    result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
+    return result
+
+
+def report_monitors(monitors, workdir):
+    """Prints (and plots) what the monitors saw; returns the DivergenceGuard's events."""
+    from seat_tf import diagnostics
+
+    divergence = []
+    for monitor in monitors:
+        if isinstance(monitor, diagnostics.CatastrophicOverfittingMonitor) and monitor.records:
+            diagnostics.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
+            when = f"at epoch {monitor.collapsed_epoch}" if monitor.collapsed_epoch else "in no epoch"
+            print(f"Catastrophic-overfitting monitor: collapse {when}; see {os.path.join(workdir, 'co_monitor.json')}")
+        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.events:
+            divergence += monitor.events
+            events = "; ".join(f"{e['reason']} -> {e['action']}" for e in monitor.events)
+            print(f"\nWARNING: training diverged ({events}). The model holds the weights of epoch "
+                  f"{monitor.last_good_epoch}.")
+    return divergence

@@ -59,3 +59,10 @@ def save_figure_atomic(figure, path, dpi=120):
 def make_public_dir(path):
     """Gives a folder made by mkdtemp (0700) the permissions the umask gives ordinary folders."""
     os.chmod(path, 0o777 & ~_umask())
+
+
+def save_model_atomic(model, path):
+    """model.save to a temporary name, then rename: no half-written .keras file."""
+    tmp = path + ".tmp.keras"
+    model.save(tmp)
+    os.replace(tmp, path)
