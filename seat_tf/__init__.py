@@ -32,6 +32,8 @@ from seat_tf.evaluation import evaluate, write_report  # noqa: E402
 from seat_tf.training import (  # noqa: E402
     METHODS,
     AdversarialModel,
+    ELLEAModel,
+    ELLEModel,
     FGSMATModel,
     GradAlignModel,
     NFGSMModel,
@@ -48,6 +50,8 @@ __all__ = [
     "APGD",
     "METHODS",
     "AdversarialModel",
+    "ELLEAModel",
+    "ELLEModel",
     "CarliniWagnerL2",
     "CatastrophicOverfittingMonitor",
     "Composite",

@@ -9,6 +9,7 @@ from seat_tf.training.baselines import (
     RSFGSMModel,
     TRADESModel,
 )
+from seat_tf.training.elle import ELLEAModel, ELLEModel
 from seat_tf.training.seat import SEATModel
 
 METHODS = {
@@ -19,6 +20,8 @@ METHODS = {
     "pgd_at": PGDATModel,
     "trades": TRADESModel,
     "grad_align": GradAlignModel,
+    "elle": ELLEModel,
+    "elle_a": ELLEAModel,
 }
 
 
@@ -33,6 +36,8 @@ def get_method(name):
 __all__ = [
     "METHODS",
     "AdversarialModel",
+    "ELLEAModel",
+    "ELLEModel",
     "FGSMATModel",
     "GradAlignModel",
     "NFGSMModel",
