@@ -312,7 +312,7 @@ def set_seed(seed):
     np.random.seed(seed)
 
 
-def run(config, workdir, strategy=None, verbose=2, evaluate=True):
+def run(config, workdir, strategy=None, verbose=2, evaluate=True, callbacks=()):
     """Trains config.method on config.dataset and writes its results into `workdir`.
 
     Writes config.json, history.json, model.keras, training_curves.png and (chief only, with
@@ -338,7 +338,7 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     os.makedirs(outdir, exist_ok=True)
     fileio.write_json_atomic(to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
-    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
+    callbacks = list(callbacks) + monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
     if worker.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
     start = time.time()
@@ -366,7 +366,8 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     eps = config.method.epsilon
     report = evaluation.evaluate(
         model, test_ds, attacks=list(config.eval_attacks), eps=eps, seed=config.seed, verbose=verbose,
-        sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
+        sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1] if config.get("eval_sweep", True)
+        else None,
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
                   train_seconds=round(train_seconds, 1), divergence_events=divergence)

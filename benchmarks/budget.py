@@ -1,0 +1,268 @@
+"""Equal-time-budget benchmark: every method of configs/fashion_mnist_budget.py, trained for
+the epochs that fit in PGD-10-AT's 5-epoch budget, through the one experiment doorway
+(`seat_tf.experiment.run`), then attacked with PGD-50-10 and APGD-CE.
+
+    python -m benchmarks.budget --out=runs/budget                       # all variants, eps 0.1 and 0.2, seed 0
+    python -m benchmarks.budget --out=runs/budget --variants=seat,pgd_at --seeds=0,1 --eps=0.2
+    python -m benchmarks.budget --out=runs/budget --epochs=5            # the equal-epochs table instead
+    python -m benchmarks.budget --out=runs/budget --report_only --readme=README.md
+
+Resumable at two levels: a finished (variant, eps, seed[, epochs]) is a JSON file in
+<out>/runs/ and is skipped; an interrupted one resumes from its last finished epoch (the
+run's workdir keeps Keras' BackupAndRestore state, and this benchmark's per-epoch timings).
+The report (results.json, budget.md, budget.png, and with --readme the README section
+between its budget-table markers) is rebuilt from all saved runs, never typed by hand.
+
+Per run it records training seconds per epoch (training only: validation and the monitor
+are excluded, so every variant's clock counts the same thing), the CO monitor's PGD-10 / FGSM
+accuracy on 512 held-out test images after every epoch, and after training clean,
+PGD-50-10 and APGD-CE accuracy on the first 1000 test images. CO = the monitor flagged a
+collapse in some epoch (seat_tf.diagnostics.collapse_reasons: one rule for the library).
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_budget.py")
+README_START, README_END = "<!-- budget-table:start -->", "<!-- budget-table:end -->"
+
+
+def define_flags():
+    """Flags, defined only when run as a script (importing the module for tests adds none)."""
+    flags.DEFINE_string("out", "runs/budget", "Output folder.")
+    flags.DEFINE_list("variants", ["seat", "pgd_at", "seat_paper", "elle", "fgsm_at", "rs_fgsm", "n_fgsm",
+                                   "grad_align", "trades", "elle_a", "seat_fl"],
+                      "Variants of configs/fashion_mnist_budget.py, run in this order.")
+    flags.DEFINE_list("eps", ["0.2", "0.1"], "Radii (outer loop).")
+    flags.DEFINE_list("seeds", ["0"], "Seeds.")
+    flags.DEFINE_float("budget_scale", 1.0, "Multiplies the budget (every variant's epochs).")
+    flags.DEFINE_integer("epochs", None, "Equal-epochs mode: every variant trains this many epochs.")
+    flags.DEFINE_boolean("smoke", False, "Tiny data and one epoch (tests).")
+    flags.DEFINE_string("data_dir", None, "Dataset folder override (tests: a fake .npz).")
+    flags.DEFINE_string("dataset", None, "Dataset override (tests: a .npz path).")
+    flags.DEFINE_boolean("report_only", False, "Only rebuild the report from saved runs.")
+    flags.DEFINE_string("readme", None, "Also rewrite this README's section between the budget-table markers.")
+
+
+def load_config(variant, smoke=False):
+    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fashion_mnist_budget", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant + (",smoke" if smoke else ""))
+
+
+def run_key(variant, eps, seed, epochs=None, budget_scale=1.0):
+    scale = f"_x{budget_scale:g}" if budget_scale != 1.0 and not epochs else ""
+    return f"{variant}_eps{eps:g}_s{seed}" + (f"_e{epochs}" if epochs else scale)
+
+
+class TrainClock:
+    """Keras callback: seconds of training per epoch, stopping the clock when validation
+    starts (the monitors run after it). Kept in a JSON file so a resumed run keeps the
+    seconds of its earlier epochs."""
+
+    def __init__(self, path):
+        import keras
+
+        class _Clock(keras.callbacks.Callback):
+            def on_epoch_begin(clock, epoch, logs=None):
+                del self.seconds[epoch:]
+                clock.start, clock.stop = time.perf_counter(), None
+
+            def on_test_begin(clock, logs=None):
+                if clock.stop is None:
+                    clock.stop = time.perf_counter()
+
+            def on_epoch_end(clock, epoch, logs=None):
+                self.seconds.append((clock.stop or time.perf_counter()) - clock.start)
+                from seat_tf import fileio
+
+                fileio.write_json_atomic(self.seconds, self.path)
+
+        self.path = path
+        self.seconds = json.load(open(path)) if os.path.exists(path) else []
+        self.callback = _Clock()
+
+
+def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, data_dir=None, budget_scale=1.0):
+    """Trains and evaluates one (variant, eps, seed); returns the saved record."""
+    from seat_tf import experiment, fileio
+
+    config = load_config(variant, smoke)
+    config.method.epsilon = eps
+    config.seed = seed
+    config.budget_scale *= budget_scale
+    if epochs:
+        config.epochs = epochs
+    if dataset:
+        config.dataset.name = dataset
+    if data_dir:
+        config.dataset.data_dir = data_dir
+    key = run_key(variant, eps, seed, epochs, budget_scale)
+    workdir = os.path.join(out, "work", key)
+    os.makedirs(workdir, exist_ok=True)
+    clock = TrainClock(os.path.join(workdir, "train_seconds.json"))
+    result = experiment.run(config, workdir, verbose=2, callbacks=[clock.callback])
+    history, report = result["history"], result["report"]
+    cumulative, total = [], 0.0
+    for seconds in clock.seconds:
+        total += seconds
+        cumulative.append(round(total, 1))
+    record = dict(
+        variant=variant, method=config.method.name, eps=eps, seed=seed, epochs=config.epochs,
+        equal_epochs=bool(epochs), budget_scale=budget_scale,
+        method_config=experiment.to_dict(config.method), train_seconds=round(total, 1),
+        epoch_train_seconds=[round(s, 2) for s in clock.seconds], cumulative_train_seconds=cumulative,
+        epoch_pgd10=history.get("co_pgd_accuracy", []), epoch_fgsm=history.get("co_fgsm_accuracy", []),
+        epoch_clean=history.get("co_clean_accuracy", []),
+        co_epoch=next((i + 1 for i, c in enumerate(history.get("co_collapsed", [])) if c), None),
+        diverged=bool(result["divergence_events"]),
+        clean=report["clean_accuracy"],
+        robust={name: entry["robust_accuracy"] for name, entry in report["attacks"].items()},
+        examples={name: entry["num_examples"] for name, entry in report["attacks"].items()},
+    )
+    fileio.write_json_atomic(record, os.path.join(out, "runs", key + ".json"))
+    return record
+
+
+def load_runs(out):
+    folder = os.path.join(out, "runs")
+    if not os.path.isdir(folder):
+        return []
+    return [json.load(open(os.path.join(folder, name))) for name in sorted(os.listdir(folder)) if name.endswith(".json")]
+
+
+def _mean(values):
+    return sum(values) / len(values) if values else float("nan")
+
+
+def summarize(runs):
+    """Rows per (mode, eps, variant): seeds, epochs, train seconds, clean, PGD-50-10, APGD-CE, CO."""
+    groups = {}
+    for run in runs:
+        scale = run.get("budget_scale", 1.0)
+        mode = f"epochs{run['epochs']}" if run.get("equal_epochs") else ("budget" if scale == 1.0 else f"budget x{scale:g}")
+        groups.setdefault((mode, run["eps"], run["variant"]), []).append(run)
+    rows = []
+    for (mode, eps, variant), group in sorted(groups.items(), key=lambda item: (item[0][0], -item[0][1])):
+        group.sort(key=lambda r: r["seed"])
+        robust = lambda name: [r["robust"].get(name) for r in group if r["robust"].get(name) is not None]  # noqa
+        rows.append(dict(
+            mode=mode, eps=eps, variant=variant, seeds=[r["seed"] for r in group], epochs=group[0]["epochs"],
+            train_seconds=[r["train_seconds"] for r in group], clean=[r["clean"] for r in group],
+            pgd50x10=robust("pgd50x10"), apgd_ce=robust("apgd-ce"),
+            co=[r["co_epoch"] for r in group], diverged=[r["diverged"] for r in group],
+        ))
+    return rows
+
+
+def markdown(rows):
+    """The tables of the report (one per mode and eps), best PGD-50-10 first."""
+    def fmt(values, digits=3):
+        return " / ".join(f"{v:.{digits}f}" for v in values) if values else "-"
+
+    lines = []
+    for mode in sorted({row["mode"] for row in rows}):
+        for eps in sorted({row["eps"] for row in rows if row["mode"] == mode}, reverse=True):
+            title = (f"equal epochs ({mode[6:]})" if mode.startswith("epochs") else
+                     f"equal time budget (PGD-10-AT's 5 epochs{mode[6:] and ', ' + mode[7:]})")
+            lines += [f"**eps {eps:g}, {title}**", "",
+                      "| method | seeds | epochs | train s | clean | PGD-50-10 | APGD-CE | CO |",
+                      "|---|---|---|---|---|---|---|---|"]
+            selected = [row for row in rows if row["mode"] == mode and row["eps"] == eps]
+            selected.sort(key=lambda row: -_mean(row["pgd50x10"]))
+            for row in selected:
+                co = ", ".join("no" if c is None else f"epoch {c}" for c in row["co"])
+                lines.append(f"| {row['variant']} | {','.join(map(str, row['seeds']))} | {row['epochs']} | "
+                             f"{fmt(row['train_seconds'], 0)} | {fmt(row['clean'])} | {fmt(row['pgd50x10'])} | "
+                             f"{fmt(row['apgd_ce'])} | {co} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(runs, path):
+    """Robust accuracy (PGD-10, 512 test images, after every epoch) against cumulative
+    training seconds; one colour per method, one marker per seed, a star at the final
+    PGD-50-10 accuracy. One panel per eps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from seat_tf import fileio
+
+    runs = [r for r in runs if not r.get("equal_epochs") and r.get("budget_scale", 1.0) == 1.0]
+    radii = sorted({r["eps"] for r in runs}, reverse=True)
+    if not radii:
+        return None
+    variants = sorted({r["variant"] for r in runs})
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+    markers = ["o", "s", "^", "D"]
+    figure, axes = plt.subplots(1, len(radii), figsize=(6.5 * len(radii), 4.8), squeeze=False)
+    for axis, eps in zip(axes[0], radii):
+        for run in (r for r in runs if r["eps"] == eps):
+            colour, marker = colours[run["variant"]], markers[run["seed"] % len(markers)]
+            label = run["variant"] if run["seed"] == min(r["seed"] for r in runs if r["variant"] == run["variant"]) else None
+            axis.plot(run["cumulative_train_seconds"], run["epoch_pgd10"], marker=marker, markersize=4,
+                      color=colour, label=label, linewidth=1)
+            if run["robust"].get("pgd50x10") is not None and run["cumulative_train_seconds"]:
+                axis.plot(run["cumulative_train_seconds"][-1], run["robust"]["pgd50x10"], marker="*",
+                          markersize=12, color=colour)
+        axis.set_title(f"eps = {eps:g}: robust accuracy vs training time")
+        axis.set_xlabel("cumulative training seconds (2 CPU cores)")
+        axis.set_ylabel("PGD-10 accuracy, 512 test images (star: final PGD-50-10)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    fileio.save_figure_atomic(figure, path)
+    plt.close(figure)
+    return path
+
+
+def write_report(out, readme=None):
+    from seat_tf import fileio
+
+    runs = load_runs(out)
+    rows = summarize(runs)
+    table = markdown(rows)
+    fileio.write_json_atomic({"runs": runs, "rows": rows}, os.path.join(out, "results.json"))
+    fileio.write_text_atomic(table, os.path.join(out, "budget.md"))
+    plot(runs, os.path.join(out, "budget.png"))
+    if readme:
+        text = open(readme).read()
+        start, end = text.index(README_START) + len(README_START), text.index(README_END)
+        fileio.write_text_atomic(text[:start] + "\n" + table + "\n" + text[end:], readme)
+    return table
+
+
+def main(argv):
+    del argv
+    if not FLAGS.report_only:
+        for eps in (float(e) for e in FLAGS.eps):
+            for variant in FLAGS.variants:
+                for seed in (int(s) for s in FLAGS.seeds):
+                    key = run_key(variant, eps, seed, FLAGS.epochs, FLAGS.budget_scale)
+                    if os.path.exists(os.path.join(FLAGS.out, "runs", key + ".json")):
+                        print(f"[budget] {key}: done, skipped")
+                        continue
+                    print(f"[budget] {key}: training", flush=True)
+                    run_one(variant, eps, seed, FLAGS.out, epochs=FLAGS.epochs, smoke=FLAGS.smoke,
+                            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, budget_scale=FLAGS.budget_scale)
+                    write_report(FLAGS.out, FLAGS.readme)
+    print(write_report(FLAGS.out, FLAGS.readme))
+
+
+if __name__ == "__main__":
+    define_flags()
+    sys.exit(app.run(main))

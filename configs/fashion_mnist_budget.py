@@ -1,0 +1,92 @@
+"""Every method under the same training-time budget on Fashion-MNIST: which one gives the most
+robust model for the time a user has?
+
+    seat-tf train --config=configs/fashion_mnist_budget.py:seat --workdir=runs/budget_seat
+    seat-tf train --config=configs/fashion_mnist_budget.py:pgd_at --config.method.epsilon=0.1 --workdir=...
+    seat-tf train --config=configs/fashion_mnist_budget.py:seat --config.budget_scale=2 --workdir=...  # 2x budget
+    python -m benchmarks.budget --out=runs/budget            # all variants, eps 0.1 and 0.2, resumable
+
+The budget is the training time PGD-10-AT needs for 5 epochs (60k images, batch 128, the
+small CNN). Every variant gets as many epochs as fit in it, from the cost of its training
+step relative to PGD-10-AT's, measured on this project's 2-core CPU machine with
+`benchmarks/step_cost.py` (all methods timed interleaved in one process; numbers in
+docs/results/step_cost.json and docs/results/step_cost_elle.json):
+
+    method       step cost vs PGD-10-AT   epochs in the budget
+    fgsm_at      0.191                    26
+    rs_fgsm      0.192                    26
+    n_fgsm       0.195                    25
+    seat         0.276 (clean_loss_gradient=False)   18
+    seat_paper   0.362                    13
+    seat_fl      0.276                    18
+    elle, elle_a 0.54 (measured on a busy machine)  9
+    grad_align   0.594                    8
+    trades       1.418                    3
+    pgd_at       1.0                      5
+
+`--config.budget_scale=s` multiplies every variant's epochs (and so the budget) by s.
+Same model (small CNN with in-model normalization), data (60k train / 10k test), optimizer
+(Adam, one-cycle schedule peaking at 2e-3) and eps (`--config.method.epsilon`, default 0.2)
+for every variant. Per epoch, the catastrophic-overfitting monitor measures PGD-10 and FGSM
+accuracy on the first 512 test images (the robust-accuracy-vs-time curve); validation runs
+no attack, so a variant with more epochs pays no extra evaluation inside its budget.
+"smoke" appended to a variant (`:seat,smoke`) shrinks everything for tests.
+"""
+
+import ml_collections
+
+from seat_tf.experiment import base_config, shrink_for_smoke
+
+PGD10_BUDGET_EPOCHS = 5
+
+# Step cost relative to PGD-10-AT (see the docstring) and the method's settings.
+VARIANTS = {
+    "fgsm_at": (0.191, dict(name="fgsm_at", rel_step_size=1.0)),
+    "rs_fgsm": (0.192, dict(name="rs_fgsm", rel_step_size=1.25)),
+    "n_fgsm": (0.195, dict(name="n_fgsm", noise_factor=2.0, rel_step_size=1.0)),
+    "seat": (0.276, dict(name="seat", lam=0.5, clean_loss_gradient=False)),
+    "seat_paper": (0.362, dict(name="seat", lam=0.5, clean_loss_gradient=True)),
+    "seat_fl": (0.276, dict(name="seat", lam=0.5, clean_loss_gradient=False, flood_level=0.3)),
+    "elle": (0.54, dict(name="elle", lam=100.0)),
+    "elle_a": (0.54, dict(name="elle_a", lam=100.0)),
+    "grad_align": (0.594, dict(name="grad_align", lam=0.2)),
+    "trades": (1.418, dict(name="trades", beta=6.0, steps=10, rel_step_size=0.25)),
+    "pgd_at": (1.0, dict(name="pgd_at", steps=10, rel_step_size=0.25)),
+}
+
+
+def get_config(arg="seat"):
+    variant, _, option = (arg or "seat").partition(",")
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)} (optionally ',smoke').")
+    if option not in ("", "smoke"):
+        raise ValueError(f"Unknown option {option!r} after the variant; only ',smoke' is known.")
+    config = base_config()
+    config.variant = variant
+    config.budget_scale = 1.0
+    # epochs follows budget_scale, also when it is overridden on the command line.
+    config.epochs = (config.get_ref("budget_scale") * (PGD10_BUDGET_EPOCHS / VARIANTS[variant][0]) + 1e-9).to_int()
+    config.dataset.name = "fashion_mnist"
+    config.dataset.val_limit = 1000
+    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
+    config.method = ml_collections.ConfigDict(dict(epsilon=0.2, **VARIANTS[variant][1]))
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "cyclic"
+    config.optimizer.peak_fraction = 0.3
+    config.val_attack = None
+    config.eval_attacks = ("pgd50x10@1000", "apgd-ce@1000")
+    config.eval_sweep = False  # accuracy-vs-eps plot: not part of this comparison
+    config.diagnostics.co_monitor = True
+    config.diagnostics.co_attack = "pgd10"
+    config.diagnostics.co_action = "warn"
+    config.diagnostics.examples = 512
+    if option == "smoke":
+        shrink_for_smoke(config, eval_attacks=("pgd3",))
+        config.budget_scale = VARIANTS[variant][0] / PGD10_BUDGET_EPOCHS  # one epoch whatever the variant
+        config.val_attack = None
+        config.diagnostics.examples = 32
+        config.diagnostics.co_attack = "pgd2"
+        config.diagnostics.linearity_steps = 2
+    return config

@@ -1,0 +1,77 @@
+"""The equal-time-budget config and benchmark: epochs follow the measured step costs, a
+smoke run goes through the experiment doorway and rebuilds its report from JSON."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from benchmarks import budget
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config_module():
+    spec = importlib.util.spec_from_file_location("fashion_mnist_budget", os.path.join(ROOT, "configs", "fashion_mnist_budget.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_variant_gets_the_epochs_that_fit_in_pgd10_at_s_budget():
+    module = _config_module()
+    for variant, (cost, _) in module.VARIANTS.items():
+        config = module.get_config(variant)
+        assert config.epochs == int(5 / cost + 1e-9), variant
+        # The time budget is the same for all: epochs x cost stays within one epoch's cost of 5.
+        assert 5 - cost < config.epochs * cost <= 5 + 1e-9, variant
+        config.budget_scale = 2.0  # what --config.budget_scale=2 does: epochs follow
+        assert config.epochs == int(10 / cost + 1e-9), variant
+    assert module.get_config("pgd_at").epochs == 5
+    assert module.get_config("pgd_at").method.steps == 10
+    with pytest.raises(ValueError, match="Unknown variant"):
+        module.get_config("sea")
+
+
+def test_variants_share_model_data_optimizer_and_eps():
+    module = _config_module()
+    configs = [module.get_config(v) for v in module.VARIANTS]
+    for config in configs:
+        assert config.model.to_dict() == configs[0].model.to_dict()
+        assert config.dataset.to_dict() == configs[0].dataset.to_dict()
+        assert config.optimizer.to_dict() == configs[0].optimizer.to_dict()
+        assert config.method.epsilon == 0.2
+
+
+def test_smoke_run_writes_records_report_and_plot(tmp_path, fake_fmnist_npz):
+    out = str(tmp_path / "budget")
+    for variant in ("seat", "elle_a"):
+        record = budget.run_one(variant, 0.2, 0, out, smoke=True, dataset=fake_fmnist_npz)
+        assert record["epochs"] == 1 and len(record["epoch_pgd10"]) == 1
+        assert record["train_seconds"] > 0 and record["cumulative_train_seconds"][-1] == record["train_seconds"]
+        assert 0 <= record["clean"] <= 1 and record["robust"]
+    saved = json.load(open(os.path.join(out, "runs", "seat_eps0.2_s0.json")))
+    assert saved["method_config"]["name"] == "seat"
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{budget.README_START}\nstale\n{budget.README_END}\nrest\n")
+    table = budget.write_report(out, readme=str(readme))
+    assert "| seat | 0 | 1 |" in table and "| elle_a | 0 | 1 |" in table
+    text = readme.read_text()
+    assert "stale" not in text and table.strip() in text and text.endswith("rest\n")
+    assert os.path.getsize(os.path.join(out, "budget.png")) > 0
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert {row["variant"] for row in results["rows"]} == {"seat", "elle_a"}
+
+
+def test_summary_groups_seeds_and_orders_by_robustness():
+    def run(variant, seed, pgd):
+        return dict(variant=variant, eps=0.2, seed=seed, epochs=3, train_seconds=10.0, clean=0.8,
+                    robust={"pgd50x10": pgd, "apgd-ce": pgd - 0.01}, co_epoch=None, diverged=False)
+
+    rows = budget.summarize([run("a", 0, 0.3), run("a", 1, 0.5), run("b", 0, 0.45)])
+    assert [(r["variant"], r["seeds"]) for r in rows] == [("a", [0, 1]), ("b", [0])]
+    table = budget.markdown(rows)
+    assert table.index("| b |") < table.index("| a |")  # b's PGD-50-10 0.45 beats a's mean 0.40
+    assert "0.300 / 0.500" in table
