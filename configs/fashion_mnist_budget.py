@@ -45,7 +45,7 @@ VARIANTS = {
     "rs_fgsm": (0.192, dict(name="rs_fgsm", rel_step_size=1.25)),
     "n_fgsm": (0.195, dict(name="n_fgsm", noise_factor=2.0, rel_step_size=1.0)),
     "seat": (0.276, dict(name="seat", lam=0.5, clean_loss_gradient=False)),
-    "seat_paper": (0.362, dict(name="seat", lam=0.5, clean_loss_gradient=True)),
+    "seat_paper": (0.362, dict(name="seat", preset="paper")),
     "seat_fl": (0.276, dict(name="seat", lam=0.5, clean_loss_gradient=False, flood_level=0.3)),
     "elle": (0.54, dict(name="elle", lam=100.0)),
     "elle_a": (0.54, dict(name="elle_a", lam=100.0)),

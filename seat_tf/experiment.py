@@ -6,7 +6,8 @@ A config (see configs/*.py) has these sections:
 
     dataset:   name, source, data_dir, batch_size, augment, train_limit, test_limit, val_limit
     model:     name (seat_tf.models), plus keyword arguments of the builder
-    method:    name (seat_tf.METHODS), epsilon, plus keyword arguments of the method class
+    method:    name (seat_tf.METHODS), epsilon, optionally preset (SEAT: "paper", "authors_code"),
+               plus keyword arguments of the method class
     optimizer: name (sgd | adam), learning_rate (the peak of the cyclic schedule), momentum,
                weight_decay, schedule (cyclic | constant), peak_fraction
     epochs, seed, val_attack, eval_attacks, jit_compile (XLA for the train step),
@@ -15,6 +16,7 @@ A config (see configs/*.py) has these sections:
                `diagnostics_config` and `build_monitors`
 """
 
+import functools
 import json
 import math
 import os
@@ -179,7 +181,9 @@ def _kwargs(section, drop=("name",)):
 def validate(config):
     """Raises ValueError for configs that cannot work, before anything is written or trained."""
     data.dataset_info(config.dataset.name) if not str(config.dataset.name).endswith(".npz") else None
-    get_method(config.method.name)
+    method = get_method(config.method.name)
+    if config.method.get("preset") is not None and not hasattr(method, "from_preset"):
+        raise ValueError(f"method.preset is only known for SEAT; {config.method.name!r} has no presets.")
     if config.model.name not in models.MODELS:
         raise ValueError(f"Unknown model {config.model.name!r}; choose one of {sorted(models.MODELS)}.")
     if config.epochs < 1:
@@ -262,9 +266,11 @@ def build_model(config, total_steps, strategy=None):
     keras.utils.set_random_seed(config.seed)
     method_kwargs = _kwargs(config.method)
     with precision.dtype_policy(config.get("mixed_precision")):
-        model = get_method(config.method.name)(
-            build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs
-        )
+        method = get_method(config.method.name)
+        preset = method_kwargs.pop("preset", None)
+        if preset is not None:  # named settings of the method (SEATModel.from_preset)
+            method = functools.partial(method.from_preset, preset)
+        model = method(build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs)
         model.compile(
             optimizer=build_optimizer(config, total_steps),
             jit_compile=config.jit_compile,

@@ -172,3 +172,31 @@ def test_seat_training_perturbation_respects_eps(make_tiny_cnn, toy_data):
     moved = np.abs(x_adv - x)
     interior = (x > 0.1) & (x < 0.9)
     assert np.all(np.isclose(moved[interior], 0, atol=1e-6) | np.isclose(moved[interior], 0.1, atol=1e-6))
+
+
+def test_seat_presets_reach_the_paper_and_the_authors_code(make_tiny_cnn):
+    from seat_tf.training.seat import PRESETS
+
+    paper = seat_tf.SEATModel.from_preset("paper", make_tiny_cnn(), epsilon=0.1)
+    assert (paper.lam, paper.margin_on, paper.reduction, paper.clean_loss_gradient, paper.init) == (
+        0.5, "logits", "example", True, "corner")
+    authors = seat_tf.SEATModel.from_preset("authors_code", make_tiny_cnn(), epsilon=0.1, lam=0.3)
+    assert (authors.lam, authors.margin_on, authors.reduction) == (0.3, "probs", "batch")
+    assert set(PRESETS) == {"paper", "authors_code"}
+    with pytest.raises(ValueError, match="Unknown SEAT preset"):
+        seat_tf.SEATModel.from_preset("papers", make_tiny_cnn())
+
+
+def test_config_preset_builds_the_named_seat(tmp_path):
+    import ml_collections
+
+    from seat_tf import experiment
+
+    config = experiment.base_config()
+    config.dataset.name = "fashion_mnist"
+    config.method = ml_collections.ConfigDict(dict(name="seat", epsilon=0.1, preset="authors_code"))
+    model = experiment.build_model(config, total_steps=10)
+    assert (model.margin_on, model.reduction, model.lam) == ("probs", "batch", 0.6)
+    config.method = ml_collections.ConfigDict(dict(name="pgd_at", epsilon=0.1, preset="paper"))
+    with pytest.raises(ValueError, match="only known for SEAT"):
+        experiment.validate(config)

@@ -21,6 +21,18 @@ from seat_tf.training.base import AdversarialModel
 
 REDUCTIONS = ("example", "batch")
 
+# Named settings of SEATModel's options (`SEATModel.from_preset`). "paper": the paper's
+# formulas (margin on logits, per-example linearity error, lam 0.5, gradient through l(x) in
+# the linearity term, as written in its objective). "authors_code": what the authors'
+# PyTorch code (devicerxx/SEAT, main.py) does instead: margin on softmax probabilities, the
+# absolute value of batch means, lam 0.6.
+PRESETS = {
+    "paper": dict(lam=0.5, init="corner", rel_step_size=1.0, attack_loss="margin", margin_on="logits",
+                  reduction="example", double_backprop=False, clean_loss_gradient=True),
+    "authors_code": dict(lam=0.6, init="corner", rel_step_size=1.0, attack_loss="margin", margin_on="probs",
+                         reduction="batch", double_backprop=False, clean_loss_gradient=True),
+}
+
 
 @keras.saving.register_keras_serializable(package="seat_tf")
 class SEATModel(AdversarialModel):
@@ -104,6 +116,14 @@ class SEATModel(AdversarialModel):
         self.linearity_clip = linearity_clip
         self.clean_loss_gradient = bool(clean_loss_gradient)
         self.clean_pass = "differentiable_gradient" if double_backprop else "gradient"
+
+    @classmethod
+    def from_preset(cls, preset, classifier, **overrides):
+        """SEATModel with the options of a named preset (`PRESETS`: "paper", "authors_code"),
+        any of them overridden by keyword."""
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown SEAT preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        return cls(classifier, **{**PRESETS[preset], **overrides})
 
     def get_config(self):
         config = super().get_config()
