@@ -19,8 +19,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "'seat-tf[tf]' (standard wheel) or 'seat-tf[cpu]' (CPU only)."
     ) from error
 
-from seat_tf import attack_suite, attacks, data, diagnostics, evaluation, export, losses, models, schedules  # noqa: E402
-from seat_tf.attack_suite import APGD, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
+from seat_tf import attacks, data, diagnostics, evaluation, export, losses, models, schedules  # noqa: E402
+from seat_tf.attacks import APGD, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
 from seat_tf.attacks import LinfPGD  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
 from seat_tf.diagnostics import (  # noqa: E402
@@ -67,7 +67,6 @@ __all__ = [
     "SEATModel",
     "Square",
     "TRADESModel",
-    "attack_suite",
     "attacks",
     "data",
     "diagnostics",

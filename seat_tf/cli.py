@@ -186,7 +186,7 @@ def evaluate(argv):
     in --workdir, with the sanity checks of seat_tf.evaluation."""
     import keras
 
-    from seat_tf import attack_suite, data, evaluation
+    from seat_tf import attacks, data, evaluation
 
     _require("model")
     _require("eps")
@@ -198,7 +198,7 @@ def evaluate(argv):
     if not 0 <= eps <= 1:
         raise app.UsageError(f"--eps must be in [0, 1] (pixel scale, e.g. 8/255 = 0.0314), got {eps}.")
     for spec in list(FLAGS.attacks) + list(FLAGS.sweep_attacks or []):
-        attack_suite.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
+        attacks.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
     if FLAGS.sweep_eps is not None:
         try:
             sweep_eps = [float(v) for v in FLAGS.sweep_eps]

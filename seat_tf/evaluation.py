@@ -32,8 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attack_suite, fileio
 from seat_tf import attacks as attacks_lib
+from seat_tf import fileio
 from seat_tf import precision
 from seat_tf.training.base import check_batch
 
@@ -52,19 +52,19 @@ def _classifier(model):
 
 
 def _kind(attack):
-    if isinstance(attack, attack_suite.Composite):
+    if isinstance(attack, attacks_lib.Composite):
         return "composite"
     return "l2" if getattr(attack, "threat_model", "linf") == "l2" else "linf"
 
 
 def _is_gradient_linf(attack):
-    return isinstance(attack, (attacks_lib.LinfPGD, attack_suite.APGD))
+    return isinstance(attack, (attacks_lib.LinfPGD, attacks_lib.APGD))
 
 
 def _is_untargeted_iterative(attack):
     if isinstance(attack, attacks_lib.LinfPGD):
         return attack.steps > 1 and attack.target is None
-    return isinstance(attack, attack_suite.APGD) and not attack.targets
+    return isinstance(attack, attacks_lib.APGD) and not attack.targets
 
 
 class _Entry:
@@ -94,8 +94,8 @@ def _parse(spec):
             if not count.isdigit() or int(count) < 1:
                 raise ValueError(f"Attack {spec!r}: write 'name@N' with N a positive number of examples.")
             limit = int(count)
-        return name.strip(), attack_suite.get_attack(name), limit
-    attack = attack_suite.get_attack(spec)
+        return name.strip(), attacks_lib.get_attack(name), limit
+    attack = attacks_lib.get_attack(spec)
     if attack is None:
         raise ValueError("An attack of None cannot be evaluated.")
     return getattr(attack, "name", None) or repr(attack), attack, limit
@@ -265,11 +265,11 @@ def _sanity_entries(main, eps, sanity_limit):
     """The extra runs the checks need, unless a main entry already covers them."""
     large_eps = LARGE_EPS if eps < LARGE_EPS else 1.0
     wanted = [("fgsm", eps), ("pgd10", eps), ("pgd20x2", eps), ("pgd20", large_eps)]
-    if not any(isinstance(e.attack, attack_suite.Square) for e in main):
+    if not any(isinstance(e.attack, attacks_lib.Square) for e in main):
         wanted.append(("square1000", eps))
     extra = []
     for name, at_eps in wanted:
-        attack = attack_suite.get_attack(name)
+        attack = attacks_lib.get_attack(name)
         covered = any(
             e.attack == attack and e.eps == at_eps and (e.limit is None or e.limit >= sanity_limit) for e in main
         )
@@ -349,7 +349,7 @@ def sanity_checks(entries, eps, large_eps):
                else "(the attack cannot even break a huge budget: gradient masking?)"),
         }
 
-    squares = [e for e in at_eps if isinstance(e.attack, attack_suite.Square)]
+    squares = [e for e in at_eps if isinstance(e.attack, attacks_lib.Square)]
     white = [e for e in at_eps if _is_gradient_linf(e.attack)]
     comparisons = []
     for square in squares:
@@ -391,7 +391,7 @@ def evaluate(
       model: any Keras classifier returning logits (an AdversarialModel works as is).
       dataset: tf.data.Dataset of (images, labels) batches.
       attacks: attack names, "name@N" (first N examples only) or attack objects; see
-        `seat_tf.attack_suite.NAMES_HELP`. DeepFool / CW-L2 are reported as fooling rate and
+        `seat_tf.attacks_lib.NAMES_HELP`. DeepFool / CW-L2 are reported as fooling rate and
         median L2 norm under "minimal_perturbation".
       eps: L-inf radius in [0, 1] units.
       seed: seed of the attacks' randomness (same seed, same result).

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from seat_tf import attack_suite, attacks, losses
+from seat_tf import attacks, losses
 
 
 def _linear(make_linear, num_classes, seed=0, dim=(4, 4, 1), n=8):
@@ -19,8 +19,8 @@ def _linear(make_linear, num_classes, seed=0, dim=(4, 4, 1), n=8):
 
 def test_apgd_checkpoints_follow_croce_and_hein():
     # p: 0, .22, .41, .57, .70, .80, .87, .93, .99 -> w_j = ceil(p_j * N)
-    assert attack_suite.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
-    assert attack_suite.apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9]
+    assert attacks.apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert attacks.apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9]
 
 
 def test_apgd_reaches_the_vertex_optimum_of_a_binary_linear_model(make_linear):
@@ -28,7 +28,7 @@ def test_apgd_reaches_the_vertex_optimum_of_a_binary_linear_model(make_linear):
     # eps-box is the vertex x + eps * sign(w_other - w_true).
     model, w, _, x = _linear(make_linear, 2)
     y = np.array([0, 1] * 4, np.int32)
-    x_adv = attack_suite.APGD(steps=10, loss="ce")(model, x, y, 0.1, seed=3).numpy()
+    x_adv = attacks.APGD(steps=10, loss="ce")(model, x, y, 0.1, seed=3).numpy()
     direction = np.where(y[:, None] == 0, (w[:, 1] - w[:, 0])[None], (w[:, 0] - w[:, 1])[None])
     np.testing.assert_allclose(x_adv, x + 0.1 * np.sign(direction).reshape(x.shape), atol=1e-5)
 
@@ -41,7 +41,7 @@ def test_apgd_step_rule_shrinks_the_step_where_fixed_steps_oscillate():
     c = x + rng.uniform(-0.1, 0.1, x.shape).astype(np.float32)
     objective = lambda z: -tf.reduce_sum(tf.square(z - c), axis=[1, 2, 3])  # noqa: E731
     common = dict(eps=0.3, steps=100, init="uniform", seed=1, keep_best=True)
-    apgd = attacks.linf_attack(objective, x, step_rule=attack_suite.APGDStep(0.3, 100), **common).numpy()
+    apgd = attacks.linf_attack(objective, x, step_rule=attacks.APGDStep(0.3, 100), **common).numpy()
     fixed = attacks.linf_attack(objective, x, step_size=0.6, **common).numpy()
     assert np.abs(apgd - c).max() < 0.02
     assert np.abs(fixed - c).max() > 0.15
@@ -99,7 +99,7 @@ def test_deepfool_perturbation_equals_distance_to_the_boundary(make_linear, num_
         fk = logits[:, k] - logits[np.arange(len(x)), y]
         dk = np.abs(fk) / np.maximum(np.linalg.norm(wk, axis=1), 1e-12)
         distances = np.where(k != y, np.minimum(distances, dk), distances)
-    x_adv = attack_suite.DeepFool(overshoot=0.0)(model, x, y).numpy()
+    x_adv = attacks.DeepFool(overshoot=0.0)(model, x, y).numpy()
     norms = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
     np.testing.assert_allclose(norms, distances, rtol=1e-3, atol=2e-4)
     assert np.all(np.argmax(model(x_adv).numpy(), 1) != y)
@@ -111,7 +111,7 @@ def test_cw_l2_finds_nearly_the_minimal_perturbation(make_linear):
     logits = x.reshape(len(x), -1) @ w + b
     y = np.argmax(logits, 1).astype(np.int32)
     distance = np.abs(logits[:, 1] - logits[:, 0]) / np.linalg.norm(w[:, 1] - w[:, 0])
-    attack = attack_suite.CarliniWagnerL2(steps=200, search_steps=6, initial_const=1.0)
+    attack = attacks.CarliniWagnerL2(steps=200, search_steps=6, initial_const=1.0)
     x_adv = tf.function(lambda images, labels: attack(model, images, labels))(x, y).numpy()  # graph: fast loops
     norms = np.linalg.norm((x_adv - x).reshape(len(x), -1), axis=1)
     assert np.all(np.argmax(model(x_adv).numpy(), 1) != y)
@@ -124,7 +124,7 @@ def test_square_stays_in_budget_is_deterministic_and_fools_a_linear_model(make_l
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (16, 4, 4, 1)).astype(np.float32)
     y = np.argmax(model(x).numpy(), 1).astype(np.int32)
-    square = attack_suite.Square(queries=300)
+    square = attacks.Square(queries=300)
     x_adv = square(model, x, y, 0.3, seed=2).numpy()
     assert np.abs(x_adv - x).max() <= 0.3 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     np.testing.assert_array_equal(x_adv, square(model, x, y, 0.3, seed=2).numpy())
@@ -136,16 +136,16 @@ def test_square_stays_in_budget_is_deterministic_and_fools_a_linear_model(make_l
 
 
 def test_square_fraction_schedule():
-    values = [float(attack_suite.square_fraction(i, 10000, 0.8)) for i in (0, 10, 11, 51, 9000)]
+    values = [float(attacks.square_fraction(i, 10000, 0.8)) for i in (0, 10, 11, 51, 9000)]
     assert values == pytest.approx([0.8, 0.8, 0.4, 0.2, 0.8 / 512])
-    assert float(attack_suite.square_fraction(100, 1000, 0.8)) == pytest.approx(0.8 / 16)  # rescaled: 1000 of 10k
+    assert float(attacks.square_fraction(100, 1000, 0.8)) == pytest.approx(0.8 / 16)  # rescaled: 1000 of 10k
 
 
 def test_composite_call_keeps_first_success_and_stays_in_budget(make_tiny_cnn, toy_data):
     model = make_tiny_cnn()
     x, y = toy_data
     y = np.argmax(model(x).numpy(), 1).astype(np.int32)  # all correct
-    composite = attack_suite.get_attack("fgsm+pgd10")
+    composite = attacks.get_attack("fgsm+pgd10")
     x_adv = tf.function(lambda a, b: composite(model, a, b, 0.1, seed=tf.constant([0, 1])))(x, y).numpy()
     fgsm = attacks.fgsm(model, x, y, 0.1).numpy()
     fooled_by_fgsm = np.argmax(model(fgsm).numpy(), 1) != y
@@ -156,14 +156,14 @@ def test_composite_call_keeps_first_success_and_stays_in_budget(make_tiny_cnn, t
 
 
 def test_attack_names_parse_and_bad_names_fail():
-    get = attack_suite.get_attack
-    assert get("apgd-ce") == attack_suite.APGD(loss="ce", name="apgd-ce")
+    get = attacks.get_attack
+    assert get("apgd-ce") == attacks.APGD(loss="ce", name="apgd-ce")
     assert (get("apgd-t").loss, get("apgd-t").targets, get("apgd-t").steps) == ("dlr", 9, 100)
     assert (get("apgd_ce50x2").steps, get("apgd_ce50x2").restarts) == (50, 2)
     assert get("square1000").queries == 1000
     assert [name for name, _ in get("standard").stages()] == ["apgd-ce", "apgd-t", "square"]
     assert get("aa").members == get("standard").members
-    assert isinstance(get("deepfool"), attack_suite.DeepFool) and isinstance(get("cw-l2"), attack_suite.CarliniWagnerL2)
+    assert isinstance(get("deepfool"), attacks.DeepFool) and isinstance(get("cw-l2"), attacks.CarliniWagnerL2)
     pgd = attacks.get_attack("pgd50x10")  # the paper's protocol: 50 steps, 10 restarts, step eps / 4
     assert (pgd.steps, pgd.restarts, pgd.step_for(8 / 255)) == (50, 10, 2 / 255)
     assert attacks.get_attack("targeted_pgd10").target == "random"

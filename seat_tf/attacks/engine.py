@@ -1,4 +1,4 @@
-"""L-inf attacks on one engine: projected signed-gradient ascent.
+"""The attack engine: projected signed-gradient ascent in the L-inf ball.
 
 `linf_attack` is the engine. It maximizes a per-example objective over the eps-ball around x
 (intersected with the image box [0, 1]) by repeated signed-gradient steps, with a choice of
@@ -12,7 +12,6 @@ under any `tf.distribute` strategy. Images are float in [0, 1]; eps is in that s
 """
 
 import dataclasses
-import re
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -95,7 +94,7 @@ def _values(objective, x_adv):
     return tf.cast(values, tf.float32), success
 
 
-def _gradient(objective, x_adv):
+def value_and_gradient(objective, x_adv):
     """Per-example objective values [B], success mask (or None) and d sum(objective) / d x_adv
     (float32). A model that cuts the gradient (e.g. a non-differentiable quantization layer)
     gives a zero gradient, not an error: the attack then stalls, which the sanity checks of
@@ -195,7 +194,7 @@ def linf_attack(
         objective does not report success itself.
       seed: None, an int or a [2] int tensor (stateless RNG) for the random starts.
       step_rule: how to move between iterates (see `SignedStep`, the default); APGD's
-        adaptive step size is such a rule (`seat_tf.attack_suite.APGDStep`).
+        adaptive step size is such a rule (`seat_tf.attacks.APGDStep`).
       keep_best: return, per run, the worst iterate for the model (success first, then the
         highest objective) instead of the last one.
       initial_gradient: the objective's gradient at x, if the caller already has it (a
@@ -226,7 +225,7 @@ def linf_attack(
         return x_adv, values, with_success(values, succeeded, x_adv)
 
     def step(i, x_adv, state, best):
-        values, succeeded, grad = _gradient(objective, x_adv)
+        values, succeeded, grad = value_and_gradient(objective, x_adv)
         if keep_best:
             current = (x_adv, values, with_success(values, succeeded, x_adv))
             best = keep_worst(best, current) if best else current
@@ -270,13 +269,14 @@ def linf_attack(
     return best[0]
 
 
+def wrong_predictions(logits, labels):
+    """[B] bool: the arg-max of the logits differs from the label."""
+    return tf.argmax(logits, axis=-1, output_type=tf.int32) != tf.cast(labels, tf.int32)
+
+
 def misclassified(model_fn, labels):
     """success(x_adv) -> [B] bool: the model's prediction differs from the label."""
-
-    def success(x_adv):
-        return tf.argmax(model_fn(x_adv), axis=-1, output_type=tf.int32) != tf.cast(labels, tf.int32)
-
-    return success
+    return lambda x_adv: wrong_predictions(model_fn(x_adv), labels)
 
 
 TARGETS = ("random", "least_likely")
@@ -383,38 +383,3 @@ def pgd(model_fn, x, y, eps, steps=10, restarts=1, rel_step_size=0.25, loss="ce"
     spec = LinfPGD(steps=steps, restarts=restarts, rel_step_size=rel_step_size, loss=loss)
     return spec(model_fn, x, y, eps, seed=seed)
 
-
-_PATTERN = re.compile(r"^(targeted_|targeted_ll_)?(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$")
-
-
-def get_attack(spec):
-    """An attack from a name, a dict of `LinfPGD` fields, or an attack object (returned as is).
-
-    Names here: "fgsm", "pgdK", "pgdKxR" (K steps, R restarts, e.g. the paper's "pgd50x10"),
-    "cwK" (CW-inf), "mifgsmK", and a "targeted_" (random target) or "targeted_ll_" (least
-    likely target) prefix on any of them ("targeted_pgd20"). Other names (APGD, Square,
-    DeepFool, CW-L2, the "standard" composite) are resolved by `seat_tf.attack_suite`.
-    """
-    if spec is None or callable(spec):
-        return spec
-    if isinstance(spec, dict):
-        return LinfPGD(**spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"Cannot make an attack from {spec!r}.")
-    name = spec.lower()
-    if name == "fgsm":
-        return LinfPGD(steps=1, rel_step_size=1.0, init="zero", name=name)
-    match = _PATTERN.match(name)
-    if not match:
-        from seat_tf import attack_suite  # the suite builds on this module
-
-        return attack_suite.get_attack(spec)
-    prefix, kind, steps, restarts = match.group(1), match.group(2), int(match.group(3)), int(match.group(4) or 1)
-    target = {None: None, "targeted_": "random", "targeted_ll_": "least_likely"}[prefix]
-    if kind == "pgd":
-        return LinfPGD(steps=steps, restarts=restarts, name=name, target=target)
-    if kind == "cw":
-        return LinfPGD(steps=steps, restarts=restarts, loss="margin", name=name, target=target)
-    return LinfPGD(
-        steps=steps, restarts=restarts, init="zero", momentum=1.0, rel_step_size=1.0 / steps, name=name, target=target
-    )

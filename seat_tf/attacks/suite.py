@@ -1,5 +1,6 @@
-"""The evaluation attack suite beyond PGD: APGD-CE / APGD-T, Square, DeepFool, CW-L2 and
-composites such as "standard" (APGD-CE -> APGD-T -> Square), plus the names that parse them.
+"""The evaluation attacks beyond PGD: APGD-CE / APGD-T, Square, DeepFool, CW-L2 and
+composites such as "standard" (APGD-CE -> APGD-T -> Square); their names are parsed by
+`seat_tf.attacks.registry`.
 
 APGD (Croce & Hein, 2020) runs on the one L-inf engine, `seat_tf.attacks.linf_attack`: its
 adaptive step size, momentum and restarts-from-the-best-point are a *step rule* (`APGDStep`)
@@ -7,7 +8,7 @@ plugged into the engine's loop, and the engine's `keep_best` returns the worst i
 the model. So projection, gradients, random starts, seeds and restarts are the engine's, as
 for PGD. Square (score-based) needs no gradient and DeepFool / CW-L2 minimize an L2 norm
 instead of searching an L-inf ball, so they sit beside the engine, reusing its projection
-(`project`) and its per-example gradient (`_gradient`).
+(`project`) and its per-example gradient (`value_and_gradient`).
 
 Every attack is a callable `attack(model_fn, x, y, eps, seed=None) -> x_adv` on batches of
 images in [0, 1] (`model_fn`: images -> logits), pure TensorFlow (runs inside `tf.function`),
@@ -16,22 +17,17 @@ and deterministic for a given seed.
 
 import dataclasses
 import math
-import re
 from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from seat_tf import attacks as attacks_lib
 from seat_tf import losses
+from seat_tf.attacks import engine
 
 
 def _per_example(values, x):
     """Reshapes [B] values to broadcast against x [B, ...]."""
     return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
-
-
-def _misclassified(logits, y):
-    return tf.argmax(logits, axis=-1, output_type=tf.int32) != y
 
 
 # -- APGD -----------------------------------------------------------------------------------
@@ -151,9 +147,9 @@ class APGD:
     def _run(self, model_fn, x, y, eps, seed, value_fn):
         def objective(x_adv):
             logits = model_fn(x_adv)
-            return value_fn(logits), _misclassified(logits, y)
+            return value_fn(logits), engine.wrong_predictions(logits, y)
 
-        return attacks_lib.linf_attack(
+        return engine.linf_attack(
             objective, x, eps=eps, steps=self.steps, init="uniform", restarts=self.restarts, seed=seed,
             step_rule=APGDStep(eps, self.steps, self.rho, self.alpha), keep_best=True,
         )
@@ -161,7 +157,7 @@ class APGD:
     def __call__(self, model_fn, x, y, eps, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
-        seed = attacks_lib.as_seed(seed)
+        seed = engine.as_seed(seed)
         if not self.targets:
             loss_fn = losses.get(self.loss)
             return self._run(model_fn, x, y, eps, seed, lambda logits: loss_fn(y, logits))
@@ -180,12 +176,12 @@ class APGD:
                 lambda logits: losses.targeted_dlr_loss(targets, y, logits),
             )
             logits = model_fn(x_adv)
-            result = (x_adv, losses.margin_loss(y, logits), _misclassified(logits, y))
-            return k + 1, attacks_lib.keep_worst(best, result)
+            result = (x_adv, losses.margin_loss(y, logits), engine.wrong_predictions(logits, y))
+            return k + 1, engine.keep_worst(best, result)
 
         # A graph loop over targets: one trace of the APGD run, not one per target.
         logits = clean_logits
-        start = (x, losses.margin_loss(y, logits), _misclassified(logits, y))
+        start = (x, losses.margin_loss(y, logits), engine.wrong_predictions(logits, y))
         last = min(self.targets, num_classes - 1)
         _, best = tf.while_loop(lambda k, _: k <= last, one_target, (tf.constant(1), start))
         return best[0]
@@ -228,7 +224,7 @@ class Square:
             raise ValueError(f"Square needs images [batch, height, width, channels], got shape {x.shape}.")
         y = tf.cast(y, tf.int32)
         eps = tf.cast(eps, tf.float32)
-        seed = attacks_lib.as_seed(seed)
+        seed = engine.as_seed(seed)
         shape = tf.shape(x)
         batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
 
@@ -236,7 +232,7 @@ class Square:
             return -losses.margin_loss(y, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
 
         stripes = tf.sign(tf.random.stateless_uniform([batch, 1, width, channels], seed, -1.0, 1.0))
-        x_best = attacks_lib.project(x + eps * stripes, x, eps)
+        x_best = engine.project(x + eps * stripes, x, eps)
         m_best = margin(x_best)
 
         def body(i, x_best, m_best):
@@ -254,10 +250,10 @@ class Square:
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
             window = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [B, H, W, 1]
             sign = tf.sign(tf.random.stateless_uniform([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
-            candidate = attacks_lib.project(tf.where(window, x + eps * sign, x_best), x, eps)
+            candidate = engine.project(tf.where(window, x + eps * sign, x_best), x, eps)
             unchanged = tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])
             sign = tf.where(_per_example(unchanged, sign), -sign, sign)
-            candidate = attacks_lib.project(tf.where(window, x + eps * sign, x_best), x, eps)
+            candidate = engine.project(tf.where(window, x + eps * sign, x_best), x, eps)
             m_new = margin(candidate)
             accept = (m_new < m_best) & (m_best >= 0)
             x_best = tf.ensure_shape(tf.where(_per_example(accept, x_best), candidate, x_best), x.shape)
@@ -315,7 +311,7 @@ class DeepFool:
                     logits = model_fn(images)
                     return tf.gather(logits, other, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
 
-                f, _, w = attacks_lib._gradient(difference, x_adv)
+                f, _, w = engine.value_and_gradient(difference, x_adv)
                 norm = _l2(w) + 1e-12
                 dist = tf.abs(f) / norm
                 closer = dist < best_dist
@@ -324,10 +320,10 @@ class DeepFool:
                 best_dist = tf.where(closer, dist, best_dist)
             total = total + tf.where(_per_example(active, x), best_r, tf.zeros_like(x))
             x_adv = tf.clip_by_value(x + (1.0 + self.overshoot) * total, 0.0, 1.0)
-            active = active & ~_misclassified(model_fn(x_adv), y)
+            active = active & ~engine.wrong_predictions(model_fn(x_adv), y)
             return i + 1, total, x_adv, active
 
-        active = ~_misclassified(clean_logits, y)
+        active = ~engine.wrong_predictions(clean_logits, y)
         _, _, x_adv, _ = tf.while_loop(
             lambda i, _, __, active: (i < self.steps) & tf.reduce_any(active),
             step, (tf.constant(0), tf.zeros_like(x), x, active),
@@ -371,7 +367,7 @@ class CarliniWagnerL2:
                 )
 
             def adam(t, w, m, v, best_l2, best_x, found):
-                _, _, grad = attacks_lib._gradient(loss, w)
+                _, _, grad = engine.value_and_gradient(loss, w)
                 m = beta1 * m + (1 - beta1) * grad
                 v = beta2 * v + (1 - beta2) * tf.square(grad)
                 step = tf.cast(t + 1, tf.float32)
@@ -391,108 +387,3 @@ class CarliniWagnerL2:
             lower = tf.where(found, lower, tf.maximum(lower, const))
             const = tf.where(tf.math.is_inf(upper), const * 10.0, (lower + upper) / 2.0)
         return tf.stop_gradient(best_x)
-
-
-# -- composites -----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Composite:
-    """Attacks run in sequence, each only on the examples every earlier one failed to fool
-    (AutoAttack's protocol): an example counts as robust only if it survives all members.
-
-    `members` are attack names (or objects). `seat_tf.evaluate` runs the members itself to
-    report each stage; calling the composite directly does the same inside one graph.
-    """
-
-    members: Tuple = ("apgd-ce", "apgd-t", "square")
-    name: Optional[str] = None
-
-    def __post_init__(self):
-        if not self.members:
-            raise ValueError("A composite attack needs at least one member.")
-        for member in self.stages():
-            if getattr(member[1], "threat_model", "linf") != "linf":
-                raise ValueError(f"Composite members must be L-inf attacks; {member[0]!r} is not.")
-
-    def stages(self):
-        """[(name, attack)] of the members."""
-        return [(m if isinstance(m, str) else getattr(m, "name", None) or repr(m), get_attack(m)) for m in self.members]
-
-    def __call__(self, model_fn, x, y, eps, seed=None):
-        x = tf.cast(x, tf.float32)
-        y = tf.cast(y, tf.int32)
-        seed = attacks_lib.as_seed(seed)
-        x_adv = x
-        correct = ~_misclassified(model_fn(x), y)
-        for stage, (_, attack) in enumerate(self.stages()):
-            index = tf.where(correct)[:, 0]
-
-            def run(index=index, attack=attack, stage=stage):
-                sub = attack(model_fn, tf.gather(x, index), tf.gather(y, index), eps,
-                             seed=tf.random.experimental.stateless_fold_in(seed, stage))
-                return tf.tensor_scatter_nd_update(x_adv, index[:, None], sub)
-
-            x_adv = tf.cond(tf.size(index) > 0, run, lambda x_adv=x_adv: x_adv)
-            correct = correct & ~_misclassified(model_fn(x_adv), y)
-        return x_adv
-
-
-# -- names ----------------------------------------------------------------------------------
-
-STANDARD = ("apgd-ce", "apgd-t", "square")
-
-# Fixed names: the paper protocols and the AutoAttack-style composite. "standard" / "aa" is
-# AutoAttack's standard version without FAB-T (which rarely changes its result).
-PRESETS = {
-    "apgd-ce": lambda: APGD(loss="ce", name="apgd-ce"),
-    "apgd-dlr": lambda: APGD(loss="dlr", name="apgd-dlr"),
-    "apgd-t": lambda: APGD(loss="dlr", targets=9, name="apgd-t"),
-    "square": lambda: Square(name="square"),
-    "deepfool": lambda: DeepFool(name="deepfool"),
-    "cw-l2": lambda: CarliniWagnerL2(name="cw-l2"),
-    "standard": lambda: Composite(STANDARD, name="standard"),
-    "aa": lambda: Composite(STANDARD, name="aa"),
-}
-
-_NUMBERED = re.compile(r"^(apgd-ce|apgd-dlr|apgd-t|square|deepfool|cw-l2)(\d+)(?:x(\d+))?$")
-
-NAMES_HELP = (
-    "'fgsm', 'pgdK', 'pgdKxR', 'cwK', 'mifgsmK', 'targeted_pgdK', 'targeted_ll_pgdK', 'apgd-ce[K[xR]]', "
-    "'apgd-dlr[K]', 'apgd-t[K]', 'square[Q]', 'deepfool', 'cw-l2', 'standard' (= 'aa'), or members joined "
-    "by '+' for a composite ('apgd-ce+square')"
-)
-
-
-def get_attack(spec):
-    """An attack from a name (see NAMES_HELP), a dict of `LinfPGD` fields, or an attack
-    object (returned as is). Raises ValueError for unknown names."""
-    if spec is None or callable(spec) or isinstance(spec, dict):
-        return attacks_lib.get_attack(spec)
-    if not isinstance(spec, str):
-        raise ValueError(f"Cannot make an attack from {spec!r}.")
-    name = spec.strip().lower()
-    if "+" in name:
-        return Composite(tuple(part.strip() for part in name.split("+")), name=name)
-    if attacks_lib._PATTERN.match(name) or name == "fgsm":
-        return attacks_lib.get_attack(name)
-    canonical = name.replace("_", "-")
-    if canonical in PRESETS:
-        return PRESETS[canonical]()
-    match = _NUMBERED.match(canonical)
-    if not match:
-        raise ValueError(f"Unknown attack {spec!r}; use {NAMES_HELP}.")
-    kind, number, restarts = match.group(1), int(match.group(2)), int(match.group(3) or 1)
-    if restarts != 1 and not kind.startswith("apgd"):
-        raise ValueError(f"Attack {spec!r}: only APGD and PGD take restarts ('xR').")
-    if kind == "apgd-ce":
-        return APGD(steps=number, restarts=restarts, loss="ce", name=name)
-    if kind == "apgd-dlr":
-        return APGD(steps=number, restarts=restarts, loss="dlr", name=name)
-    if kind == "apgd-t":
-        return APGD(steps=number, restarts=restarts, loss="dlr", targets=9, name=name)
-    if kind == "square":
-        return Square(queries=number, name=name)
-    if kind == "deepfool":
-        return DeepFool(steps=number, name=name)
-    return CarliniWagnerL2(steps=number, name=name)

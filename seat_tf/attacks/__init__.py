@@ -1,0 +1,64 @@
+"""L-inf attacks, in three layers (each imports only the ones above it in this list):
+
+    engine.py    `linf_attack`, the one engine (projected signed-gradient ascent with starts,
+                 momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD / CW-inf /
+                 MI-FGSM as configurations of it; random starts, projection, gradients.
+    suite.py     APGD (a step rule on the engine), Square, DeepFool, CW-L2.
+    registry.py  `get_attack(name)` for every name, and the `Composite` protocol
+                 ("standard" = APGD-CE -> APGD-T -> Square).
+
+Every attack is a callable `attack(model_fn, x, y, eps, seed=None) -> x_adv` on images in
+[0, 1], pure TensorFlow (runs inside `tf.function` and `train_step`).
+"""
+
+from seat_tf.attacks.engine import (
+    INITS,
+    TARGETS,
+    LinfPGD,
+    SignedStep,
+    as_seed,
+    choose_targets,
+    fgsm,
+    keep_worst,
+    linf_attack,
+    misclassified,
+    pgd,
+    project,
+    random_start,
+    targeted_objective,
+    value_and_gradient,
+    wrong_predictions,
+)
+from seat_tf.attacks.registry import NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
+from seat_tf.attacks.suite import APGD, APGDStep, CarliniWagnerL2, DeepFool, Square, apgd_checkpoints, square_fraction
+
+__all__ = [
+    "APGD",
+    "APGDStep",
+    "CarliniWagnerL2",
+    "Composite",
+    "DeepFool",
+    "INITS",
+    "LinfPGD",
+    "NAMES_HELP",
+    "PRESETS",
+    "STANDARD",
+    "SignedStep",
+    "Square",
+    "TARGETS",
+    "apgd_checkpoints",
+    "as_seed",
+    "choose_targets",
+    "fgsm",
+    "get_attack",
+    "keep_worst",
+    "linf_attack",
+    "misclassified",
+    "pgd",
+    "project",
+    "random_start",
+    "square_fraction",
+    "targeted_objective",
+    "value_and_gradient",
+    "wrong_predictions",
+]
