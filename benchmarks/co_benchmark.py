@@ -79,12 +79,12 @@ def make_probe(x, y, eps):
     """tf.function: (clean, FGSM, PGD-20 accuracy, mean linearity error along PGD-20) of a model."""
     import tensorflow as tf
 
-    from seat_tf import attacks, losses
+    from seat_tf import attacks, losses, precision
 
     fgsm, pgd20 = attacks.get_attack("fgsm"), attacks.get_attack("pgd20")
 
     def probe(model):
-        logits_fn = lambda images: tf.cast(model(images, training=False), tf.float32)  # noqa: E731
+        logits_fn = precision.logits_fn(model)
 
         @tf.function
         def batch_stats(xb, yb):

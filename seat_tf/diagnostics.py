@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attacks, fileio, losses
+from seat_tf import attacks, fileio, losses, precision
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +34,10 @@ ACTIONS = ("warn", "stop", "restore")
 # -- helpers --------------------------------------------------------------------------------
 
 
-def classifier_fn(model):
-    """images -> float32 logits in inference mode (an AdversarialModel's call is its classifier)."""
-    return lambda images: tf.cast(model(images, training=False), tf.float32)
-
-
 def model_loss_fn(model, labels, loss="ce"):
     """The per-example loss of `model` on fixed `labels` as a function of the images."""
     loss = losses.get(loss)
-    logits_of = classifier_fn(model)
+    logits_of = precision.logits_fn(model)
     labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
     return lambda images: loss(labels, logits_of(images))
 
@@ -291,7 +286,7 @@ def diagnose(model, x, y, eps, *, lipschitz_steps=10, linearity_steps=5, landsca
     y = np.asarray(y).astype(np.int32).reshape(-1)
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must hold the same non-zero number of examples, got {len(x)} and {len(y)}.")
-    model_fn = classifier_fn(model)
+    model_fn = precision.logits_fn(model)
     bar = keras.utils.Progbar(6, unit_name="measurement") if progress else None
     tick = (lambda name: bar.add(1, [])) if bar else (lambda name: None)
     result = {"num_examples": int(len(x)), "eps": float(eps)}
@@ -661,7 +656,7 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
     def measure(self):
         """{clean_accuracy, fgsm_accuracy, pgd_accuracy, linearity_error} on the fixed batch."""
         if self._fn is None:
-            model_fn = classifier_fn(self.model)
+            model_fn = precision.logits_fn(self.model)
             seed = tf.constant([self.seed, 0], tf.int32)
 
             def accuracy(x_eval, y):

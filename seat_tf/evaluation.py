@@ -42,15 +42,6 @@ LARGE_EPS_MAX_ACCURACY = 0.05
 BUDGET_TOLERANCE = 1e-5  # float32 rounding of x + clip(delta)
 
 
-def _classifier(model):
-    """The logits function of a model: AdversarialModel.call already runs the classifier.
-    A float16 model gets float16-safe input gradients, so attacks do not stall on
-    underflowed gradients (which would overstate robustness)."""
-    if precision.computes_in_float16(model):
-        return precision.float16_safe_logits(model, training=False)
-    return lambda images: tf.cast(model(images, training=False), tf.float32)
-
-
 def _kind(attack):
     if isinstance(attack, attacks_lib.Composite):
         return "composite"
@@ -106,7 +97,7 @@ class _Runner:
     graph inputs, so the eps sweep reuses the traces)."""
 
     def __init__(self, model, seed):
-        self.model_fn = _classifier(model)
+        self.model_fn = precision.logits_fn(model)
         self.seed = int(seed)
         self._compiled = {}
         self._clean = None

@@ -95,6 +95,16 @@ def float16_safe_logits(classifier, training):
     return logits_fn
 
 
+def logits_fn(model, training=False):
+    """The one way from a Keras model to an `images -> float32 logits` function, used by
+    training, evaluation, diagnostics and benchmarks. A model that computes in float16 gets
+    per-example rescaled backprop (`float16_safe_logits`), so input gradients do not
+    underflow to zero and attacks do not stall (which would overstate robustness)."""
+    if computes_in_float16(model):
+        return float16_safe_logits(model, training)
+    return lambda images: tf.cast(model(images, training=training), tf.float32)
+
+
 def plain_input_gradient(tape, values, logits, x):
     """d sum(values) / d x from a tape that recorded x -> logits -> values [B]."""
     return tape.gradient(values, x)

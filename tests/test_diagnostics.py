@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import seat_tf
-from seat_tf import diagnostics
+from seat_tf import diagnostics, precision
 
 
 def _points(shape=(4, 3, 3, 1), seed=0):
@@ -163,7 +163,7 @@ def test_boundary_curve_of_a_linear_classifier_is_the_closed_form(make_linear):
     x = _points((64, 3, 3, 1), seed=10)
     y = rng.integers(0, 2, 64).astype(np.int32)
     eps = 0.02
-    result = diagnostics.boundary_distortion(diagnostics.classifier_fn(model), x, y, eps, num=11, max_scale=2.0)
+    result = diagnostics.boundary_distortion(precision.logits_fn(model), x, y, eps, num=11, max_scale=2.0)
     flat = x.reshape(64, -1)
     margin = flat @ (weights[:, 0] - weights[:, 1]) * np.where(y == 0, 1, -1)  # > 0: correct
     slope = np.abs(weights[:, 0] - weights[:, 1]).sum()

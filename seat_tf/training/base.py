@@ -248,9 +248,7 @@ class AdversarialModel(keras.Model):
         """x -> float32 logits for computing gradients w.r.t. x (attacks). A float16
         classifier gets per-example rescaled backprop so confident examples' input
         gradients do not underflow to zero (see seat_tf.precision)."""
-        if precision.computes_in_float16(self.classifier):
-            return precision.float16_safe_logits(self.classifier, training)
-        return lambda images: self.classify(images, training=training)
+        return precision.logits_fn(self.classifier, training)
 
     def compute_clean_pass(self, x, y, weights_tape):
         """Logits, cross-entropy [B] and (per `clean_pass`) its input gradient at the clean x.
