@@ -20,18 +20,17 @@ PGD-50-10 and APGD-CE accuracy on the first 1000 test images. CO = the monitor f
 collapse in some epoch (seat_tf.diagnostics.collapse_reasons: one rule for the library).
 """
 
-import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from benchmarks import runner  # noqa: E402
+
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "fashion_mnist_budget.py")
+CONFIG = "configs/fashion_mnist_budget.py"
 README_START, README_END = "<!-- budget-table:start -->", "<!-- budget-table:end -->"
 
 
@@ -52,54 +51,14 @@ def define_flags():
     flags.DEFINE_string("readme", None, "Also rewrite this README's section between the budget-table markers.")
 
 
-def load_config(variant, smoke=False):
-    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fashion_mnist_budget", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant + (",smoke" if smoke else ""))
-
-
 def run_key(variant, eps, seed, epochs=None, budget_scale=1.0):
     scale = f"_x{budget_scale:g}" if budget_scale != 1.0 and not epochs else ""
     return f"{variant}_eps{eps:g}_s{seed}" + (f"_e{epochs}" if epochs else scale)
 
 
-class TrainClock:
-    """Keras callback: seconds of training per epoch, stopping the clock when validation
-    starts (the monitors run after it). Kept in a JSON file so a resumed run keeps the
-    seconds of its earlier epochs."""
-
-    def __init__(self, path):
-        import keras
-
-        class _Clock(keras.callbacks.Callback):
-            def on_epoch_begin(clock, epoch, logs=None):
-                del self.seconds[epoch:]
-                clock.start, clock.stop = time.perf_counter(), None
-
-            def on_test_begin(clock, logs=None):
-                if clock.stop is None:
-                    clock.stop = time.perf_counter()
-
-            def on_epoch_end(clock, epoch, logs=None):
-                self.seconds.append((clock.stop or time.perf_counter()) - clock.start)
-                from seat_tf import fileio
-
-                fileio.write_json_atomic(self.seconds, self.path)
-
-        self.path = path
-        self.seconds = json.load(open(path)) if os.path.exists(path) else []
-        self.callback = _Clock()
-
-
 def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, data_dir=None, budget_scale=1.0):
     """Trains and evaluates one (variant, eps, seed); returns the saved record."""
-    from seat_tf import experiment, fileio
-
-    config = load_config(variant, smoke)
+    config = runner.load_config(CONFIG, variant + (",smoke" if smoke else ""))
     config.method.epsilon = eps
     config.seed = seed
     config.budget_scale *= budget_scale
@@ -110,37 +69,13 @@ def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, dat
     if data_dir:
         config.dataset.data_dir = data_dir
     key = run_key(variant, eps, seed, epochs, budget_scale)
-    workdir = os.path.join(out, "work", key)
-    os.makedirs(workdir, exist_ok=True)
-    clock = TrainClock(os.path.join(workdir, "train_seconds.json"))
-    result = experiment.run(config, workdir, verbose=2, callbacks=[clock.callback])
-    history, report = result["history"], result["report"]
-    cumulative, total = [], 0.0
-    for seconds in clock.seconds:
-        total += seconds
-        cumulative.append(round(total, 1))
-    record = dict(
-        variant=variant, method=config.method.name, eps=eps, seed=seed, epochs=config.epochs,
-        equal_epochs=bool(epochs), budget_scale=budget_scale,
-        method_config=experiment.to_dict(config.method), train_seconds=round(total, 1),
-        epoch_train_seconds=[round(s, 2) for s in clock.seconds], cumulative_train_seconds=cumulative,
-        epoch_pgd10=history.get("co_pgd_accuracy", []), epoch_fgsm=history.get("co_fgsm_accuracy", []),
-        epoch_clean=history.get("co_clean_accuracy", []),
-        co_epoch=next((i + 1 for i, c in enumerate(history.get("co_collapsed", [])) if c), None),
-        diverged=bool(result["divergence_events"]),
-        clean=report["clean_accuracy"],
-        robust={name: entry["robust_accuracy"] for name, entry in report["attacks"].items()},
-        examples={name: entry["num_examples"] for name, entry in report["attacks"].items()},
-    )
-    fileio.write_json_atomic(record, os.path.join(out, "runs", key + ".json"))
+    record = runner.run(config, os.path.join(out, "work", key), os.path.join(out, "runs", key + ".json"),
+                        variant=variant, equal_epochs=bool(epochs), budget_scale=budget_scale)
     return record
 
 
 def load_runs(out):
-    folder = os.path.join(out, "runs")
-    if not os.path.isdir(folder):
-        return []
-    return [json.load(open(os.path.join(folder, name))) for name in sorted(os.listdir(folder)) if name.endswith(".json")]
+    return runner.load_records(os.path.join(out, "runs"))
 
 
 def _mean(values):
@@ -214,7 +149,7 @@ def plot(runs, path):
         for run in (r for r in runs if r["eps"] == eps):
             colour, marker = colours[run["variant"]], markers[run["seed"] % len(markers)]
             label = run["variant"] if run["seed"] == min(r["seed"] for r in runs if r["variant"] == run["variant"]) else None
-            axis.plot(run["cumulative_train_seconds"], run["epoch_pgd10"], marker=marker, markersize=4,
+            axis.plot(run["cumulative_train_seconds"], run["history"].get("co_pgd_accuracy", []), marker=marker, markersize=4,
                       color=colour, label=label, linewidth=1)
             if run["robust"].get("pgd50x10") is not None and run["cumulative_train_seconds"]:
                 axis.plot(run["cumulative_train_seconds"][-1], run["robust"]["pgd50x10"], marker="*",

@@ -48,11 +48,11 @@ def test_smoke_run_writes_records_report_and_plot(tmp_path, fake_fmnist_npz):
     out = str(tmp_path / "budget")
     for variant in ("seat", "elle_a"):
         record = budget.run_one(variant, 0.2, 0, out, smoke=True, dataset=fake_fmnist_npz)
-        assert record["epochs"] == 1 and len(record["epoch_pgd10"]) == 1
+        assert record["epochs"] == 1 and len(record["history"]["co_pgd_accuracy"]) == 1
         assert record["train_seconds"] > 0 and record["cumulative_train_seconds"][-1] == record["train_seconds"]
         assert 0 <= record["clean"] <= 1 and record["robust"]
     saved = json.load(open(os.path.join(out, "runs", "seat_eps0.2_s0.json")))
-    assert saved["method_config"]["name"] == "seat"
+    assert saved["config"]["method"]["name"] == "seat" and saved["variant"] == "seat"
 
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{budget.README_START}\nstale\n{budget.README_END}\nrest\n")
@@ -75,3 +75,26 @@ def test_summary_groups_seeds_and_orders_by_robustness():
     table = budget.markdown(rows)
     assert table.index("| b |") < table.index("| a |")  # b's PGD-50-10 0.45 beats a's mean 0.40
     assert "0.300 / 0.500" in table
+
+
+def test_plain_cnn_study_configs_and_their_identification():
+    from benchmarks import plain_cnn
+    from seat_tf import experiment
+
+    plain = plain_cnn.config_for("plain", "ncg", 0.3, 10, 1)
+    assert (plain.model.mean, plain.model.std) == ((0.0,), (1.0,))
+    assert plain.method.to_dict() == dict(name="seat", epsilon=0.3, preset="paper", clean_loss_gradient=False)
+    assert (plain.epochs, plain.seed, plain.dataset.train_limit) == (10, 1, 30_000)
+    assert "mean" not in plain_cnn.config_for("norm", "paper", 0.2, 5, 0).model
+    for entry in plain_cnn.STUDY:
+        assert plain_cnn.identify(experiment.to_dict(plain_cnn.config_for(*entry))) == entry
+    with pytest.raises(ValueError, match="Unknown variant"):
+        plain_cnn.config_for("plain", "nope", 0.2, 5, 0)
+
+
+def test_exploded_flags_blow_ups_not_noise():
+    from benchmarks.runner import exploded
+
+    assert not exploded([2.3, 1.9, 1.5, 1.6])
+    assert exploded([1.9, 1.5, 7e5])
+    assert exploded([1.9, float("nan")])

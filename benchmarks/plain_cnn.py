@@ -1,0 +1,123 @@
+"""The plain-CNN study (issue 14): does SEAT hold on a classifier without in-model
+normalization? Runs configs/fashion_mnist_plain_cnn.py over a fixed list of (model, variant,
+eps, epochs, seed), resumably (one JSON record per run), and writes study.md / results.json.
+
+    python -m benchmarks.plain_cnn --out=docs/results/plain_cnn            # run what is missing, report
+    python -m benchmarks.plain_cnn --out=docs/results/plain_cnn --report_only
+    python -m benchmarks.plain_cnn --out=... --import_runs=/path/a,/path/b  # records from finished workdirs
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+from benchmarks import runner  # noqa: E402
+
+FLAGS = flags.FLAGS
+CONFIG = "configs/fashion_mnist_plain_cnn.py"
+
+# (model, variant, eps, epochs, seed), in the order they run.
+STUDY = (
+    [("plain", "paper", 0.3, 5, 0)]
+    + [("plain", v, 0.3, 5, 0) for v in ("ncg", "dbp", "probs", "clip", "uniform")]
+    + [(m, "ncg", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [(m, "ncg", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [(m, "paper", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [(m, "paper", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+)
+
+
+def define_flags():
+    flags.DEFINE_string("out", "runs/plain_cnn", "Output folder.")
+    flags.DEFINE_boolean("report_only", False, "Only rebuild the report.")
+    flags.DEFINE_list("import_runs", [], "Finished `seat-tf train` workdirs of study configs to record.")
+
+
+def key(model, variant, eps, epochs, seed):
+    return f"{model}_{variant}_eps{eps:g}_e{epochs}_s{seed}"
+
+
+def config_for(model, variant, eps, epochs, seed):
+    config = runner.load_config(CONFIG, f"{model},{variant}")
+    config.method.epsilon, config.epochs, config.seed = eps, epochs, seed
+    return config
+
+
+def identify(saved):
+    """(model, variant, eps, epochs, seed) of a saved config.json that matches a study config."""
+    from seat_tf.training.seat import PRESETS
+
+    model = "plain" if tuple(saved["model"].get("std") or ()) == (1.0,) else "norm"
+    method = saved["method"]
+    # Options a saved config does not name took the paper's values (SEATModel's defaults then).
+    defaults = dict(PRESETS["paper"], linearity_clip=None)
+    for variant in ("ncg", "dbp", "probs", "clip", "uniform", "paper"):
+        config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
+        wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
+        if all(method.get(k, defaults.get(k)) == v for k, v in wanted.items()):
+            return model, variant, method["epsilon"], saved["epochs"], saved["seed"]
+    raise ValueError(f"No study variant matches {method}.")
+
+
+def import_run(workdir, out):
+    """A record from a finished workdir (config.json, history.json, report.json)."""
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    entry = identify(saved)
+    config = config_for(*entry)
+    history = json.load(open(os.path.join(workdir, "history.json")))
+    report = json.load(open(os.path.join(workdir, "report.json")))
+    seconds_path = os.path.join(workdir, "train_seconds.json")
+    seconds = json.load(open(seconds_path)) if os.path.exists(seconds_path) else []
+    record = runner.record_of(config, history, report, seconds)
+    record.update(model=entry[0], variant=entry[1], imported_from=os.path.basename(workdir.rstrip("/")))
+    from seat_tf import fileio
+
+    fileio.write_json_atomic(record, os.path.join(out, "runs", key(*entry) + ".json"))
+    return key(*entry)
+
+
+def markdown(records):
+    lines = ["| model | SEAT variant | eps | epochs | seed | clean | PGD-20 (1000) | linearity term, last epochs | diverged |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = {k: i for i, k in enumerate(key(*entry) for entry in STUDY)}
+    for r in sorted(records, key=lambda r: order.get(key(r["model"], r["variant"], r["eps"], r["epochs"], r["seed"]), 99)):
+        lin = r["history"].get("linearity_error", [])
+        lin_text = " ".join(f"{v:.3g}" for v in lin[-3:])
+        lines.append(f"| {r['model']} | {r['variant']} | {r['eps']:g} | {r['epochs']} | {r['seed']} | {r['clean']:.3f} | "
+                     f"{r['robust'].get('pgd20', float('nan')):.3f} | {lin_text} | {'yes' if r['diverged'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out):
+    from seat_tf import fileio
+
+    records = runner.load_records(os.path.join(out, "runs"))
+    table = markdown(records)
+    fileio.write_text_atomic(table, os.path.join(out, "study.md"))
+    fileio.write_json_atomic(records, os.path.join(out, "results.json"))
+    return table
+
+
+def main(argv):
+    del argv
+    for workdir in FLAGS.import_runs:
+        print(f"[plain_cnn] imported {workdir} as {import_run(workdir, FLAGS.out)}")
+    if not FLAGS.report_only:
+        for entry in STUDY:
+            path = os.path.join(FLAGS.out, "runs", key(*entry) + ".json")
+            if os.path.exists(path):
+                continue
+            print(f"[plain_cnn] {key(*entry)}: training", flush=True)
+            runner.run(config_for(*entry), os.path.join(FLAGS.out, "work", key(*entry)), path,
+                       model=entry[0], variant=entry[1])
+            write_report(FLAGS.out)
+    print(write_report(FLAGS.out))
+
+
+if __name__ == "__main__":
+    define_flags()
+    sys.exit(app.run(main))

@@ -1,0 +1,105 @@
+"""What every benchmark shares: load a config file's variant, train it through the one
+experiment doorway (`seat_tf.experiment.run`), and save one JSON record per run, so a
+benchmark is a loop over configs plus its own report.
+
+A record is resumable at two levels: a finished run is skipped because its JSON exists; an
+interrupted one resumes from its last finished epoch (Keras' BackupAndRestore state and this
+module's per-epoch training clock live in the run's workdir).
+"""
+
+import importlib.util
+import json
+import os
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path, arg=None):
+    """`get_config(arg)` of a config file (relative paths are taken from the repository root)."""
+    path = path if os.path.isabs(path) else os.path.join(ROOT, path)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+class TrainClock:
+    """Seconds of training per epoch, stopping the clock when validation starts (monitors run
+    after it), kept in a JSON file so a resumed run keeps its earlier epochs' seconds.
+    `callback` is the Keras callback; list it first."""
+
+    def __init__(self, path):
+        import keras
+
+        from seat_tf import fileio
+
+        self.path = path
+        self.seconds = json.load(open(path)) if os.path.exists(path) else []
+        clock = self
+
+        class _Clock(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                del clock.seconds[epoch:]
+                self.start, self.stop = time.perf_counter(), None
+
+            def on_test_begin(self, logs=None):
+                if self.stop is None:
+                    self.stop = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                clock.seconds.append((self.stop or time.perf_counter()) - self.start)
+                fileio.write_json_atomic(clock.seconds, clock.path)
+
+        self.callback = _Clock()
+
+
+def record_of(config, history, report, seconds, divergence_events=()):
+    """The JSON record of a finished run: config, per-epoch curves, final accuracies."""
+    from seat_tf import experiment
+
+    cumulative, total = [], 0.0
+    for value in seconds:
+        total += value
+        cumulative.append(round(total, 1))
+    return dict(
+        method=config.method.name, eps=config.method.epsilon, seed=config.seed, epochs=config.epochs,
+        config=experiment.to_dict(config), train_seconds=round(total, 1),
+        epoch_train_seconds=[round(s, 2) for s in seconds], cumulative_train_seconds=cumulative,
+        history={k: [round(float(v), 6) for v in values] for k, values in history.items()},
+        co_epoch=next((i + 1 for i, c in enumerate(history.get("co_collapsed", [])) if c), None),
+        diverged=bool(divergence_events) or exploded(history.get("loss", [])),
+        clean=report["clean_accuracy"],
+        robust={name: entry["robust_accuracy"] for name, entry in report["attacks"].items()},
+        examples={name: entry["num_examples"] for name, entry in report["attacks"].items()},
+    )
+
+
+def exploded(losses, factor=100.0):
+    """A training loss that went non-finite or above `factor` times its smallest epoch value
+    (with the divergence guard off, the run's own record of a blow-up)."""
+    import math
+
+    if not all(math.isfinite(v) for v in losses):
+        return True
+    return bool(losses) and max(losses) > factor * max(min(losses), 1e-3)
+
+
+def run(config, workdir, record_path, **extra):
+    """Trains and evaluates `config` in `workdir` (resuming it if interrupted) and writes its
+    record (plus `extra` fields) to `record_path`; returns the record."""
+    from seat_tf import experiment, fileio
+
+    os.makedirs(workdir, exist_ok=True)
+    clock = TrainClock(os.path.join(workdir, "train_seconds.json"))
+    result = experiment.run(config, workdir, verbose=2, callbacks=[clock.callback])
+    record = record_of(config, result["history"], result["report"], clock.seconds, result["divergence_events"])
+    record.update(extra)
+    fileio.write_json_atomic(record, record_path)
+    return record
+
+
+def load_records(folder):
+    if not os.path.isdir(folder):
+        return []
+    return [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]

@@ -1,0 +1,58 @@
+"""SEAT on a user's classifier: the small CNN *without* its in-model Normalization layer
+(inputs in [0, 1] go straight into the first convolution), against the same CNN with it.
+
+    seat-tf train --config=configs/fashion_mnist_plain_cnn.py:plain --workdir=runs/plain        # library defaults
+    seat-tf train --config=configs/fashion_mnist_plain_cnn.py:plain,paper --config.method.epsilon=0.3 \\
+        --config.epochs=10 --workdir=runs/plain_paper_eps03                                    # diverges
+    python -m benchmarks.plain_cnn --out=docs/results/plain_cnn                              # the whole study
+
+The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's settings, preset
+"paper", except the one option named): "defaults" (SEATModel's defaults), "paper",
+"ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "probs" (margin on
+probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
+measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
+and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
+the first 1000 test images at the end. The divergence guard is off: the study measures what
+SEAT itself does.
+"""
+
+import ml_collections
+
+from seat_tf.experiment import base_config
+
+VARIANTS = {
+    "defaults": {},
+    "paper": dict(preset="paper"),
+    "ncg": dict(preset="paper", clean_loss_gradient=False),
+    "dbp": dict(preset="paper", double_backprop=True),
+    "probs": dict(preset="paper", margin_on="probs"),
+    "clip": dict(preset="paper", linearity_clip=1.0),
+    "uniform": dict(preset="paper", init="uniform"),
+}
+
+
+def get_config(arg="plain"):
+    model, _, variant = (arg or "plain").partition(",")
+    variant = variant or "defaults"
+    if model not in ("plain", "norm"):
+        raise ValueError(f"Unknown model {model!r}; use 'plain' (no in-model normalization) or 'norm'.")
+    if variant not in VARIANTS:
+        raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+    config = base_config()
+    config.epochs = 5
+    config.dataset.name = "fashion_mnist"
+    config.dataset.train_limit = 30_000
+    config.dataset.test_limit = 1000
+    config.dataset.val_limit = 500
+    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
+    if model == "plain":
+        config.model.mean, config.model.std = (0.0,), (1.0,)
+    config.method = ml_collections.ConfigDict(dict(name="seat", epsilon=0.2, **VARIANTS[variant]))
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "cyclic"
+    config.val_attack = "pgd10"
+    config.eval_attacks = ("pgd20",)
+    config.diagnostics.divergence_guard = False
+    return config
