@@ -31,7 +31,6 @@ from benchmarks import runner  # noqa: E402
 
 FLAGS = flags.FLAGS
 CONFIG = "configs/fashion_mnist_budget.py"
-README_START, README_END = "<!-- budget-table:start -->", "<!-- budget-table:end -->"
 
 
 def define_flags():
@@ -175,9 +174,7 @@ def write_report(out, readme=None):
     fileio.write_text_atomic(table, os.path.join(out, "budget.md"))
     plot(runs, os.path.join(out, "budget.png"))
     if readme:
-        text = open(readme).read()
-        start, end = text.index(README_START) + len(README_START), text.index(README_END)
-        fileio.write_text_atomic(text[:start] + "\n" + table + "\n" + text[end:], readme)
+        runner.replace_readme_section(readme, "budget-table", table)
     return table
 
 

@@ -35,6 +35,7 @@ def define_flags():
     flags.DEFINE_string("out", "runs/plain_cnn", "Output folder.")
     flags.DEFINE_boolean("report_only", False, "Only rebuild the report.")
     flags.DEFINE_list("import_runs", [], "Finished `seat-tf train` workdirs of study configs to record.")
+    flags.DEFINE_string("readme", None, "Also rewrite this README's plain-cnn-table section.")
 
 
 def key(model, variant, eps, epochs, seed):
@@ -92,13 +93,15 @@ def markdown(records):
     return "\n".join(lines) + "\n"
 
 
-def write_report(out):
+def write_report(out, readme=None):
     from seat_tf import fileio
 
     records = runner.load_records(os.path.join(out, "runs"))
     table = markdown(records)
     fileio.write_text_atomic(table, os.path.join(out, "study.md"))
     fileio.write_json_atomic(records, os.path.join(out, "results.json"))
+    if readme:
+        runner.replace_readme_section(readme, "plain-cnn-table", table)
     return table
 
 
@@ -114,8 +117,8 @@ def main(argv):
             print(f"[plain_cnn] {key(*entry)}: training", flush=True)
             runner.run(config_for(*entry), os.path.join(FLAGS.out, "work", key(*entry)), path,
                        model=entry[0], variant=entry[1])
-            write_report(FLAGS.out)
-    print(write_report(FLAGS.out))
+            write_report(FLAGS.out, FLAGS.readme)
+    print(write_report(FLAGS.out, FLAGS.readme))
 
 
 if __name__ == "__main__":

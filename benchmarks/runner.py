@@ -103,3 +103,16 @@ def load_records(folder):
     if not os.path.isdir(folder):
         return []
     return [json.load(open(os.path.join(folder, n))) for n in sorted(os.listdir(folder)) if n.endswith(".json")]
+
+
+def replace_readme_section(readme, name, text):
+    """Rewrites the part of `readme` between `<!-- name:start -->` and `<!-- name:end -->`
+    (generated tables are never typed by hand)."""
+    from seat_tf import fileio
+
+    start_marker, end_marker = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    content = open(readme).read()
+    if start_marker not in content or end_marker not in content:
+        raise ValueError(f"{readme} has no {start_marker} ... {end_marker} section.")
+    start, end = content.index(start_marker) + len(start_marker), content.index(end_marker)
+    fileio.write_text_atomic(content[:start] + "\n" + text.strip() + "\n" + content[end:], readme)

@@ -55,7 +55,7 @@ def test_smoke_run_writes_records_report_and_plot(tmp_path, fake_fmnist_npz):
     assert saved["config"]["method"]["name"] == "seat" and saved["variant"] == "seat"
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{budget.README_START}\nstale\n{budget.README_END}\nrest\n")
+    readme.write_text("intro\n<!-- budget-table:start -->\nstale\n<!-- budget-table:end -->\nrest\n")
     table = budget.write_report(out, readme=str(readme))
     assert "| seat | 0 | 1 |" in table and "| elle_a | 0 | 1 |" in table
     text = readme.read_text()
