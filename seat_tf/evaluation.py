@@ -24,6 +24,7 @@ examples, run with every evaluation and reported whether they pass or not:
 run on the sanity subset (fgsm, pgd10, pgd20x2, pgd20 at eps 0.5, square1000).
 """
 
+import logging
 import math
 import os
 import time
@@ -90,6 +91,19 @@ def _parse(spec):
     if attack is None:
         raise ValueError("An attack of None cannot be evaluated.")
     return getattr(attack, "name", None) or repr(attack), attack, limit
+
+
+class _IntendedTraces(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing"
+    warning: the evaluation traces one tf.function per attack on purpose (each traced once,
+    then reused across batches and the eps sweep), which TF mistakes for retracing in a loop."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+_TF_LOGGER = logging.getLogger("tensorflow")
+_TF_LOGGER.addFilter(_IntendedTraces())
 
 
 class _Runner:
