@@ -18,7 +18,7 @@ SEAT itself does.
 
 import ml_collections
 
-from seat_tf.experiment import base_config
+from seat_tf.experiment import base_config, shrink_for_smoke
 
 VARIANTS = {
     "defaults": {},
@@ -33,7 +33,8 @@ VARIANTS = {
 
 def get_config(arg="plain"):
     model, _, variant = (arg or "plain").partition(",")
-    variant = variant or "defaults"
+    smoke = model == "smoke"  # the smoke run every config offers (tests): the plain CNN, SEAT's defaults
+    model, variant = ("plain", "defaults") if smoke else (model, variant or "defaults")
     if model not in ("plain", "norm"):
         raise ValueError(f"Unknown model {model!r}; use 'plain' (no in-model normalization) or 'norm'.")
     if variant not in VARIANTS:
@@ -55,4 +56,6 @@ def get_config(arg="plain"):
     config.val_attack = "pgd10"
     config.eval_attacks = ("pgd20",)
     config.diagnostics.divergence_guard = False
+    if smoke:
+        shrink_for_smoke(config)
     return config
