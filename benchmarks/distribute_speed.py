@@ -61,13 +61,13 @@ def _shape():
     return (28, 28, 1) if FLAGS.model == "small_cnn" else (32, 32, 3)
 
 
-def build(variant, weights):
-    """The SEAT model of a variant, compiled, with the shared classifier weights."""
-    import keras
+def build(variant):
+    """The SEAT model of a variant, compiled, built through the experiment doorway (same
+    initial weights for every variant)."""
     import tensorflow as tf
 
-    import seat_tf
-    from seat_tf import distribute, precision
+    from benchmarks import runner
+    from seat_tf import distribute, experiment
 
     options = VARIANTS[variant]
     if options.get("mirrored"):
@@ -76,12 +76,9 @@ def build(variant, weights):
         strategy = distribute.make_strategy("mirrored", devices=devices)
     else:
         strategy = tf.distribute.get_strategy()
-    with strategy.scope(), precision.dtype_policy(options.get("policy")):
-        classifier = seat_tf.models.get(FLAGS.model, input_shape=_shape(), num_classes=10)
-        classifier.set_weights(weights)
-        model = seat_tf.SEATModel(classifier, epsilon=8 / 255, lam=0.5, val_attack=None, seed=0)
-        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=options.get("jit", False))
-    return model, strategy.num_replicas_in_sync
+    config = runner.timing_config(FLAGS.model, "seat", 8 / 255, options.get("jit", False), options.get("policy"),
+                                  lam=0.5)
+    return experiment.build_model(config, total_steps=1, strategy=strategy), strategy.num_replicas_in_sync
 
 
 def measure(batch_size, variants, steps, rounds):
@@ -89,16 +86,13 @@ def measure(batch_size, variants, steps, rounds):
     import numpy as np
     import tensorflow as tf
 
-    import seat_tf
-
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(batch_size,) + _shape()).astype("float32")
     y = rng.integers(0, 10, batch_size).astype("int32")
     dataset = tf.data.Dataset.from_tensors((x, y)).repeat()
-    weights = seat_tf.models.get(FLAGS.model, input_shape=_shape(), num_classes=10).get_weights()
     models, replicas = {}, {}
     for name in variants:
-        models[name], replicas[name] = build(name, weights)
+        models[name], replicas[name] = build(name)
         models[name].fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
     samples = {name: [] for name in variants}
     for _ in range(rounds):

@@ -47,37 +47,34 @@ def parse_method(spec):
     return name, options
 
 
-def build(spec, classifier_weights, jit, epsilon):
+def build(spec, jit, epsilon):
+    """The compiled model of a method spec, built through the experiment doorway (same initial
+    weights for every method); "plain" is the classifier trained without attack."""
     import keras
 
-    import seat_tf
+    from benchmarks import runner
+    from seat_tf import experiment
 
     name, options = parse_method(spec)
-    shape = (28, 28, 1) if FLAGS.model == "small_cnn" else (32, 32, 3)
-    classifier = seat_tf.models.get(FLAGS.model, input_shape=shape, num_classes=10)
-    classifier.set_weights(classifier_weights)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    config = runner.timing_config(FLAGS.model, "fgsm_at" if name == "plain" else name, epsilon, jit, **options)
     if name == "plain":
-        classifier.compile(optimizer=optimizer, jit_compile=jit,
+        experiment.set_seed(config.seed)
+        classifier = experiment.build_classifier(config)
+        classifier.compile(optimizer=experiment.build_optimizer(config, total_steps=1), jit_compile=jit,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         return classifier
-    model = seat_tf.get_method(name)(classifier, epsilon=epsilon, **options)
-    model.compile(optimizer=optimizer, jit_compile=jit)
-    return model
+    return experiment.build_model(config, total_steps=1)
 
 
 def measure(methods, jit, batch_size, steps, rounds, epsilon):
     """ms per step of each method (median over interleaved rounds)."""
     import numpy as np
 
-    import seat_tf
-
     shape = (28, 28, 1) if FLAGS.model == "small_cnn" else (32, 32, 3)
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(batch_size,) + shape).astype("float32")
     y = rng.integers(0, 10, batch_size).astype("int32")
-    weights = seat_tf.models.get(FLAGS.model, input_shape=shape, num_classes=10).get_weights()
-    models = {name: build(name, weights, jit, epsilon) for name in methods}
+    models = {name: build(name, jit, epsilon) for name in methods}
     for model in models.values():  # trace and warm up
         for _ in range(3):
             model.train_on_batch(x, y)
