@@ -140,7 +140,7 @@ def test_batch_and_double_backprop_variants_train(make_tiny_cnn, toy_data):
     x, y = toy_data
     weights = {}
     for variant in [dict(), dict(reduction="batch"), dict(double_backprop=True), dict(linearity_clip=0.01),
-                    dict(clean_loss_gradient=False)]:
+                    dict(clean_loss_gradient=True)]:
         model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=2.0, init="zero", **variant)
         weights[str(variant)] = _one_step(model, x, y)[0]
     reference = weights[str(dict())]
