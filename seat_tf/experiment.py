@@ -192,6 +192,7 @@ def validate(config):
     epsilon = config.method.epsilon
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0 or epsilon > 1:
         raise ValueError(f"method.epsilon must be a number in [0, 1] (pixel scale), got {epsilon!r}.")
+    _check_method_arguments(config)
     diag = config.get("diagnostics")
     if diag is not None and (diag.get("linearity_monitor") or diag.get("co_monitor")):
         from seat_tf import attacks, diagnostics
@@ -203,6 +204,24 @@ def validate(config):
         if epsilon <= 0:
             raise ValueError("The diagnostics monitors need method.epsilon > 0.")
         attacks.get_attack(diag.co_attack)
+
+
+def _check_method_arguments(config):
+    """Builds the method on a 2-pixel stand-in classifier, so a bad method argument (lam < 0,
+    an unknown keyword, an unknown val_attack) fails here, before any data is read."""
+    from seat_tf import attacks
+
+    for name in config.get("eval_attacks", ()):
+        from seat_tf import attack_suite
+
+        attack_suite.get_attack(str(name).partition("@")[0])
+    attacks.get_attack(config.get("val_attack"))
+    inputs = keras.Input((1, 2, 1))
+    stand_in = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    try:
+        get_method(config.method.name)(stand_in, val_attack=config.get("val_attack"), **_kwargs(config.method))
+    except TypeError as error:
+        raise ValueError(f"method {config.method.name!r}: {error}") from None
 
 
 def build_datasets(config):
@@ -262,8 +281,10 @@ def build_model(config, total_steps, strategy=None):
     keras.utils.set_random_seed(config.seed)
     method_kwargs = _kwargs(config.method)
     with precision.dtype_policy(config.get("mixed_precision")):
+        diag = config.get("diagnostics")
         model = get_method(config.method.name)(
-            build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs
+            build_classifier(config), val_attack=config.val_attack, seed=config.seed,
+            divergence_guard=bool(diag.get("divergence_guard", True)) if diag is not None else True, **method_kwargs
         )
         model.compile(
             optimizer=build_optimizer(config, total_steps),
@@ -318,11 +339,11 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     Writes config.json, history.json, model.keras, training_curves.png and (chief only, with
     `evaluate`) report.json / report.md / robust_accuracy_vs_eps.png; backup/ lets a killed
     run resume from its last finished epoch. Returns a dict: model, history (lists per
-    metric), train_seconds, divergence_events, report and paths (None without evaluation
-    or on a non-chief worker).
+    metric), train_seconds, divergence_events, recovered (False if training diverged and did
+    not come back), report and paths (None without evaluation or on a non-chief worker).
+    The output folder is locked while the run writes it (fileio.WorkdirLock): a second run on
+    the same workdir is refused with WorkdirLocked.
     """
-    from seat_tf import diagnostics, evaluation
-
     validate(config)
     # Everything that can fail on bad input happens before anything is written.
     strategy = strategy or distribute.make_strategy("default")
@@ -335,6 +356,15 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
     outdir = distribute.output_dir(workdir, worker)
     monitors = build_monitors(config, outdir)  # on every worker: same weights, same decisions
+    with fileio.WorkdirLock(outdir, "train"):  # one run per workdir; a killed run's lock is taken over
+        return _run_locked(config, workdir, outdir, worker, model, monitors, datasets=(train_ds, test_ds, val_ds),
+                           strategy=strategy, verbose=verbose, evaluate=evaluate)
+
+
+def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, strategy, verbose, evaluate):
+    from seat_tf import diagnostics, evaluation
+
+    train_ds, test_ds, val_ds = datasets
     os.makedirs(outdir, exist_ok=True)
     fileio.write_json_atomic(to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
@@ -352,8 +382,10 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
     fileio.save_model_atomic(model, os.path.join(outdir, "model.keras"))
     divergence = report_monitors(monitors, outdir)
+    guard = model.divergence_guard_callback
+    recovered = guard is None or guard.recovered
     result = dict(model=model, history=history_dict, train_seconds=train_seconds, divergence_events=divergence,
-                  report=None, paths=None, is_chief=worker.is_chief)
+                  recovered=recovered, report=None, paths=None, is_chief=worker.is_chief)
     if not worker.is_chief:
         print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
         return result
@@ -369,7 +401,7 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
         sweep_eps=[round(eps * f, 6) for f in (0.0, 0.5, 1.0, 1.5, 2.0) if eps * f <= 1],
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
-                  train_seconds=round(train_seconds, 1), divergence_events=divergence)
+                  train_seconds=round(train_seconds, 1), divergence_events=divergence, diverged_unrecovered=not recovered)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
     return result
