@@ -362,6 +362,19 @@ def to_unit_range(images):
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
 
+def _epoch_shuffled(images, labels, seed, epoch):
+    """(image, label) in a permutation that is a function of (seed, epoch.value())."""
+    images, labels = tf.constant(images), tf.constant(labels)
+    last = len(labels) - 1
+
+    def position(i):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch.read_value(), tf.int64)])
+        return tf.random.experimental.index_shuffle(i, key, last)
+
+    order = tf.data.Dataset.range(len(labels)).map(position)
+    return order.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+
+
 def load_dataset(
     name,
     split="train",
@@ -377,6 +390,7 @@ def load_dataset(
     repeat=False,
     manual_dir=None,
     num_classes=None,
+    epoch=None,
 ):
     """A batched, prefetched `tf.data.Dataset` of (float32 images in [0, 1], int32 labels).
 
@@ -392,6 +406,11 @@ def load_dataset(
       limit: keep only the first `limit` examples (fixed subsets for quick runs).
       seed: seed of the shuffle and augmentation.
       manual_dir: for source="tfds", build offline from the original files in this folder.
+      epoch: an int64 tf.Variable holding the current epoch (experiment.run sets it at the
+        start of each epoch): local files are then shuffled in an order that depends only on
+        (seed, epoch), so a run resumed at epoch k sees the same order as an unbroken one.
+        Without it, each pass over the pipeline reshuffles (the order of a resumed run's
+        epochs then differs from an unbroken run's).
       num_classes: labels must lie in [0, num_classes) (DataError otherwise); default: the
         known dataset's number of classes, or just >= 0 for a .npz file.
 
@@ -420,8 +439,13 @@ def load_dataset(
             images, labels = images[:limit], labels[:limit]
         check_images(images, f"{name} ({split})", allow_uint8=True)
         check_labels(labels, num_classes, f"{name} ({split})")
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         size = len(labels)
+        shuffle = shuffle if shuffle is not None else split == "train"
+        if shuffle and epoch is not None:
+            dataset = _epoch_shuffled(images, labels, seed, epoch)
+            shuffle = False
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle if shuffle is not None else split == "train":
         dataset = dataset.shuffle(size or 50_000, seed=seed, reshuffle_each_iteration=True)
     if repeat:

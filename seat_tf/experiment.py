@@ -23,6 +23,7 @@ import time
 import keras
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from seat_tf import data, distribute, fileio, models, precision
 from seat_tf.schedules import CyclicLR
@@ -224,12 +225,14 @@ def _check_method_arguments(config):
         raise ValueError(f"method {config.method.name!r}: {error}") from None
 
 
-def build_datasets(config):
+def build_datasets(config, epoch=None):
     """(train, test, val) tf.data pipelines; val is a fixed subset of test for per-epoch
-    robust accuracy (PGD on the full test set every epoch would dominate training time)."""
+    robust accuracy (PGD on the full test set every epoch would dominate training time).
+    With `epoch` (an int64 tf.Variable), the training order is a function of (seed, epoch)."""
     d = config.dataset
     common = dict(data_dir=d.data_dir, source=d.source, seed=config.seed)
-    train = data.load_dataset(d.name, "train", d.batch_size, augment=d.augment, limit=d.train_limit, **common)
+    train = data.load_dataset(d.name, "train", d.batch_size, augment=d.augment, limit=d.train_limit, epoch=epoch,
+                              **common)
     test = data.load_dataset(d.name, "test", d.batch_size, limit=d.test_limit, **common)
     val = data.load_dataset(d.name, "test", d.batch_size, limit=d.val_limit, **common) if d.val_limit else test
     return train, test, val
@@ -349,13 +352,20 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True):
     strategy = strategy or distribute.make_strategy("default")
     worker = distribute.worker_info(strategy)
     set_seed(config.seed)
-    train_ds, test_ds, val_ds = build_datasets(config)
+    # On one device the training order is a function of (seed, epoch), so a run killed and
+    # resumed at epoch k trains on the same batches as an unbroken run (same final weights).
+    # (Multi-worker pipelines are cloned per worker and keep the plain reshuffle.)
+    single = strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False) if single else None
+    train_ds, test_ds, val_ds = build_datasets(config, epoch=epoch)
     total_steps = config.epochs * steps_per_epoch(config, train_ds)
     model = build_model(config, total_steps, strategy)
 
     # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
     outdir = distribute.output_dir(workdir, worker)
     monitors = build_monitors(config, outdir)  # on every worker: same weights, same decisions
+    if epoch is not None:
+        monitors = monitors + [keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epoch.assign(e))]
     with fileio.WorkdirLock(outdir, "train"):  # one run per workdir; a killed run's lock is taken over
         return _run_locked(config, workdir, outdir, worker, model, monitors, datasets=(train_ds, test_ds, val_ds),
                            strategy=strategy, verbose=verbose, evaluate=evaluate)
