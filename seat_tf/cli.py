@@ -101,10 +101,12 @@ def train(argv):
     _require("config")
     _require("workdir")
     config = FLAGS.config
+    # The strategy first: multi-worker collectives must be configured before any TF op runs,
+    # and validate() builds the method on a stand-in classifier.
+    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     with errors.usage_errors():
         experiment.validate(config)
         fileio.check_writable_dir(FLAGS.workdir)
-    strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
     result = experiment.run(config, FLAGS.workdir, strategy=strategy, verbose=verbosity())
     if result["report"] is not None:
         _print_report(result["report"], config.method.epsilon)

@@ -350,10 +350,10 @@ class AdversarialModel(keras.Model):
         return self._update_train_metrics(x, y, loss, clean, logs, weights)
 
     def _update_train_metrics(self, x, y, loss, clean, logs, weights=None):
-        # The loss is this replica's share of the global objective: weighting it by the
-        # global sum of weights over the local one makes the metric the global value.
+        # The loss is this replica's share of the global objective: every replica logs the
+        # global value (the sum of the shares), weighted by the global batch (sum of weights).
         local = tf.cast(tf.shape(y)[0], tf.float32) if weights is None else tf.reduce_sum(weights)
-        self.loss_tracker.update_state(tf.math.divide_no_nan(loss * _replica_sum(local), local), sample_weight=local)
+        self.loss_tracker.update_state(_replica_sum(loss), sample_weight=_replica_sum(local))
         results = {"loss": self.loss_tracker.result()}
         if clean is not None:
             self.clean_accuracy.update_state(_correct(clean.logits, y), sample_weight=weights)
