@@ -17,17 +17,26 @@ diagnose writes diagnostics.json and PNGs (loss landscapes, decision-boundary di
 
 evaluate writes report.json, report.md (a table like the paper's, sanity checks) and
 robust_accuracy_vs_eps.png into --workdir.
+
+Errors are one line, `seat-tf: error: ...` (--debug adds the traceback). Exit codes: 0 success,
+1 runtime failure, 2 usage or config error (nothing trained or written), 3 train finished but
+diverged without recovering or failed a sanity check (--nostrict: 0); see seat_tf/errors.py.
+train, tune and evaluate lock their folder (<folder>/.seat-tf.lock): a second run on the same
+folder is refused; the lock of a killed run is taken over.
 """
 
 import os
 import sys
 import time
+import traceback
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from seat_tf import errors  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).")
@@ -57,6 +66,11 @@ flags.DEFINE_list("sweep_eps", None, "evaluate: eps values of the accuracy-vs-ep
 flags.DEFINE_list("sweep_attacks", None, "evaluate: attacks of the plot (default: the L-inf attacks of --attacks).")
 flags.DEFINE_integer("sweep_limit", 500, "evaluate: examples of the plot (the first N).")
 flags.DEFINE_integer("sanity_limit", 500, "evaluate: examples of the sanity checks (the first N).")
+flags.DEFINE_boolean("debug", False, "On an error, print the full traceback, not just one line.")
+flags.DEFINE_boolean("strict", True, "train: exit with code 3 if training diverged without recovering or a final "
+                     "sanity check failed (--nostrict: exit 0 and only warn).")
+flags.DEFINE_boolean("unsafe_load", False, "evaluate, diagnose, export: allow loading a .keras file with Lambda "
+                     "layers (Keras safe_mode=False), which runs code stored in the file. Only for files you trust.")
 
 COMMANDS = {}
 
@@ -82,17 +96,30 @@ def _require(flag_name):
 @command
 def train(argv):
     """Trains config.method on config.dataset; writes checkpoints, history and a report."""
-    from seat_tf import distribute, experiment
+    from seat_tf import distribute, evaluation, experiment, fileio
 
     _require("config")
     _require("workdir")
     config = FLAGS.config
-    experiment.validate(config)
+    # The strategy first: multi-worker collectives must be configured before any TF op runs,
+    # and validate() builds the method on a stand-in classifier.
     strategy = distribute.make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+    with errors.usage_errors():
+        experiment.validate(config)
+        fileio.check_writable_dir(FLAGS.workdir)
     result = experiment.run(config, FLAGS.workdir, strategy=strategy, verbose=verbosity())
     if result["report"] is not None:
         _print_report(result["report"], config.method.epsilon)
         print("Saved " + ", ".join(result["paths"]))
+    problems = []
+    if not result["recovered"]:
+        problems.append("training diverged and did not recover (see the divergence events above)")
+    if result["report"] is not None and evaluation.failed_sanity_checks(result["report"]):
+        problems.append("sanity checks failed: " + ", ".join(evaluation.failed_sanity_checks(result["report"])))
+    if problems:
+        print(f"seat-tf: {'error' if FLAGS.strict else 'warning'}: " + "; ".join(problems) + " (results written to "
+              f"{FLAGS.workdir}{'; --nostrict exits 0' if FLAGS.strict else ''}).", file=sys.stderr)
+        return errors.UNSOUND if FLAGS.strict else 0
     return 0
 
 
@@ -104,7 +131,9 @@ def export(argv):
 
     _require("model")
     _require("out")
-    export_lib.export_saved_model(FLAGS.model, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
+    with errors.usage_errors():
+        classifier = export_lib.load_classifier(FLAGS.model, safe_mode=not FLAGS.unsafe_load)
+    export_lib.export_saved_model(classifier, FLAGS.out, version=FLAGS.version, overwrite=FLAGS.overwrite)
     return 0
 
 
@@ -143,14 +172,15 @@ def diagnose(argv):
         raise app.UsageError(f"--eps must lie in (0, 1] (pixel scale, e.g. 8/255), got {FLAGS.eps}.")
     if FLAGS.num_examples < 1:
         raise app.UsageError(f"--num_examples must be >= 1, got {FLAGS.num_examples}.")
-    import keras  # after the flag checks: a usage error should not wait for TensorFlow
-
-    import seat_tf  # noqa: F401  (registers the model classes for loading)
+    import seat_tf  # noqa: F401  (after the flag checks: a usage error should not wait for TensorFlow)
     from seat_tf import data, diagnostics, fileio
 
-    test = data.load_dataset(FLAGS.dataset, "test", FLAGS.num_examples, limit=FLAGS.num_examples, shuffle=False)
-    x, y = (t.numpy() for t in next(iter(test)))
-    models = [keras.models.load_model(p) for p in paths]
+    with errors.usage_errors():
+        test = data.load_dataset(FLAGS.dataset, "test", FLAGS.num_examples, limit=FLAGS.num_examples, shuffle=False)
+        x, y = (t.numpy() for t in next(iter(test)))
+        models = [fileio.load_keras_model(p, safe_mode=not FLAGS.unsafe_load) for p in paths]
+        for model in models:
+            data.check_batch(x, y, *data.model_expectations(model), name=FLAGS.dataset)
 
     results = {}
     for name, model in zip(_model_names(paths), models):
@@ -184,21 +214,20 @@ def tune(argv):
 def evaluate(argv):
     """Robust accuracy of a saved model: report.json, report.md and robust_accuracy_vs_eps.png
     in --workdir, with the sanity checks of seat_tf.evaluation."""
-    import keras
-
-    from seat_tf import attacks, data, evaluation
+    from seat_tf import attacks, data, evaluation, fileio
 
     _require("model")
     _require("eps")
     _require("workdir")
     # Everything that can fail on bad input happens before anything is written.
-    if not os.path.isfile(FLAGS.model):
+    if not os.path.exists(FLAGS.model):
         raise app.UsageError(f"--model={FLAGS.model} is not a file.")
     eps = FLAGS.eps
     if not 0 <= eps <= 1:
         raise app.UsageError(f"--eps must be in [0, 1] (pixel scale, e.g. 8/255 = 0.0314), got {eps}.")
-    for spec in list(FLAGS.attacks) + list(FLAGS.sweep_attacks or []):
-        attacks.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
+    with errors.usage_errors():
+        for spec in list(FLAGS.attacks) + list(FLAGS.sweep_attacks or []):
+            attacks.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
     if FLAGS.sweep_eps is not None:
         try:
             sweep_eps = [float(v) for v in FLAGS.sweep_eps]
@@ -208,8 +237,12 @@ def evaluate(argv):
             raise app.UsageError(f"--sweep_eps values must lie in [0, 1], got {sweep_eps}.")
     else:
         sweep_eps = [round(eps * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0) if eps * f <= 1]
-    dataset = data.load_dataset(FLAGS.dataset, "test", FLAGS.batch_size, data_dir=FLAGS.data_dir, limit=FLAGS.limit)
-    model = keras.models.load_model(FLAGS.model)
+    with errors.usage_errors():
+        model = fileio.load_keras_model(FLAGS.model, safe_mode=not FLAGS.unsafe_load)
+        num_classes, _ = data.model_expectations(model)
+        dataset = data.load_dataset(FLAGS.dataset, "test", FLAGS.batch_size, data_dir=FLAGS.data_dir,
+                                    limit=FLAGS.limit, num_classes=num_classes)
+        fileio.check_writable_dir(FLAGS.workdir)
 
     start = time.time()
     result = evaluation.evaluate(
@@ -219,22 +252,48 @@ def evaluate(argv):
     )
     result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
                   total_seconds=round(time.time() - start, 1))
-    paths = evaluation.write_report(result, FLAGS.workdir)
+    with fileio.WorkdirLock(FLAGS.workdir, "evaluate"):
+        paths = evaluation.write_report(result, FLAGS.workdir)
     _print_report(result, eps)
     print("Wrote " + ", ".join(paths.values()))
     return 0
 
 
+def _fail(error, debug):
+    """Prints `seat-tf: error: <one line>` (and the traceback with --debug); returns the exit code."""
+    if debug:
+        traceback.print_exception(error)
+    hint = "" if debug else " (--debug shows the traceback)"
+    code = errors.exit_code(error)
+    print(f"seat-tf: error: {errors.message(error)}{hint if code == errors.RUNTIME else ''}", file=sys.stderr)
+    return code
+
+
 def main(argv):
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        names = ", ".join(sorted(COMMANDS))
-        raise app.UsageError(f"Usage: seat-tf <command> [flags]; commands: {names}.")
-    return COMMANDS[argv[1]](argv[2:])
+    try:
+        if len(argv) < 2 or argv[1] not in COMMANDS:
+            names = ", ".join(sorted(COMMANDS))
+            raise app.UsageError(f"Usage: seat-tf <command> [flags]; commands: {names}.")
+        return COMMANDS[argv[1]](argv[2:])
+    except KeyboardInterrupt:
+        print("seat-tf: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI's one place that turns errors into exit codes
+        return _fail(error, FLAGS.debug)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with flag and config-file errors as one line and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 - flags.Error, or whatever a config file raised
+        sys.exit(_fail(app.UsageError(errors.message(error)) if not isinstance(error, app.UsageError) else error,
+                       "--debug" in argv))
 
 
 def run():
     """Console-script entry point."""
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,9 @@ def load_npz(path, split):
         missing = [k for k in keys if k not in data]
         if missing:
             raise ValueError(f"{path} lacks {missing}; it holds {sorted(data.keys())}.")
-        images, labels = data[keys[0]], data[keys[1]].astype(np.int32).reshape(-1)
+        images, labels = data[keys[0]], data[keys[1]]
+    check_labels(labels, None, f"{path} ({keys[1]})")
+    labels = labels.astype(np.int32).reshape(-1)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[0] != labels.shape[0]:
@@ -191,6 +193,121 @@ def load_tfds(name, split, data_dir=None, manual_dir=None):
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, register_checksums=True)
     builder.download_and_prepare(download_config=download_config)
     return builder.as_dataset(split=split, as_supervised=True)
+
+
+# -- validation: every path data enters goes through these ------------------------------------
+
+
+class DataError(ValueError):
+    """Input data that cannot be what the model expects: labels out of range or not integer,
+    images outside [0, 1] or of the wrong shape. The CLI reports it as a usage error (exit 2)."""
+
+
+def check_labels(labels, num_classes=None, name="labels"):
+    """Raises DataError unless `labels` are integer class ids of shape [N] (or [N, 1]) in
+    [0, num_classes) (just >= 0 if num_classes is None). NumPy arrays or eager tensors."""
+    y = np.asarray(labels)
+    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise DataError(
+            f"{name}: Labels must be integer class ids of shape [batch], got shape {y.shape} "
+            "(one-hot labels? use tf.argmax(y, axis=-1))."
+        )
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise DataError(f"{name}: Labels must be integer class ids, got dtype {y.dtype}.")
+    if not np.issubdtype(y.dtype, np.integer) and y.size and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise DataError(f"{name}: Labels must be integer class ids, got non-integer values of dtype {y.dtype}.")
+    if not y.size:
+        return
+    low, high = y.min(), y.max()
+    if num_classes is not None and (low < 0 or high >= num_classes):
+        raise DataError(
+            f"{name}: Labels must lie in [0, {num_classes}) for a model with {num_classes} classes, got values in "
+            f"[{low:g}, {high:g}]."
+        )
+    if low < 0:
+        raise DataError(f"{name}: Labels must be class ids >= 0, got a minimum of {low:g}.")
+
+
+def check_images(images, name="images", allow_uint8=False, input_shape=None):
+    """Raises DataError unless `images` are floats in [0, 1] (or uint8 0-255 with
+    allow_uint8) of rank 4 [N, H, W, C] (or 3 without channels) matching `input_shape`
+    (H, W, C; None entries match anything) if given."""
+    x = np.asarray(images)
+    if x.ndim not in (3, 4):
+        raise DataError(
+            f"{name}: Expected a batch of images of rank 4 [batch, height, width, channels] (or 3 without "
+            f"channels), got shape {x.shape}. Batch your tf.data pipeline with .batch(n)."
+        )
+    if input_shape is not None:
+        expected = tuple(input_shape)
+        got = tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape[1:]) + (1,)
+        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
+            raise DataError(f"{name}: The model expects images of shape {expected}, got {tuple(x.shape[1:])}.")
+    if allow_uint8:
+        if x.dtype == np.uint8:
+            return
+        if not np.issubdtype(x.dtype, np.floating) or (x.size and not (0 <= x.min() and x.max() <= 1)):
+            raise DataError(f"{name}: Images must be uint8 (0-255) or float in [0, 1]; got {x.dtype} in "
+                            f"[{x.min() if x.size else ''}, {x.max() if x.size else ''}].")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(
+            f"{name}: Images must be floats in [0, 1], got dtype {x.dtype}. Convert with "
+            "tf.cast(images, tf.float32) / 255."
+        )
+    if x.size:
+        low, high = x.min(), x.max()
+        if not (np.isfinite(low) and np.isfinite(high)):
+            raise DataError(f"{name}: Images hold NaN or infinite values.")
+        if low < 0.0 or high > 1.0:
+            hint = " They look like 0-255 pixel values: divide by 255." if 1.0 + 1e-6 < high <= 255 else ""
+            raise DataError(f"{name}: Images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}].{hint}")
+
+
+def check_batch(x, y=None, num_classes=None, input_shape=None, name="batch"):
+    """Raises DataError (a ValueError) with a useful message unless a batch is float images in
+    [0, 1] (matching `input_shape` if given) with integer labels in [0, num_classes)."""
+    check_images(x, name, input_shape=input_shape)
+    if y is None:
+        return
+    check_labels(y, num_classes, name)
+    if np.asarray(y).shape[0] != np.asarray(x).shape[0]:
+        raise DataError(f"{name}: {np.asarray(x).shape[0]} images but {np.asarray(y).shape[0]} labels.")
+
+
+def model_expectations(model):
+    """(num_classes, input image shape) a Keras classifier expects, each None if unknown."""
+    classifier = getattr(model, "classifier", model)
+    num_classes = input_shape = None
+    try:
+        if classifier.outputs:
+            num_classes = classifier.outputs[0].shape[-1]
+        if classifier.inputs and len(classifier.inputs[0].shape) == 4:
+            input_shape = tuple(classifier.inputs[0].shape[1:])
+    except (AttributeError, ValueError):
+        pass
+    return (int(num_classes) if num_classes else None), input_shape
+
+
+def check_dataset_head(dataset, num_classes=None, input_shape=None, name="dataset"):
+    """Checks the first batch of a tf.data pipeline of (images, labels[, weights])."""
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) < 2:
+        raise DataError(f"{name}: the dataset must yield (images, labels) pairs, got element_spec {spec}.")
+    for element in dataset.take(1):
+        check_batch(element[0].numpy(), element[1].numpy(), num_classes, input_shape, name)
+
+
+def _label_checker(num_classes, name):
+    """A tf.data map function asserting labels in [0, num_classes) (for streamed sources)."""
+
+    def check(image, label):
+        label = tf.cast(label, tf.int64)
+        in_range = tf.logical_and(label >= 0, label < num_classes)
+        message = f"{name}: a label lies outside [0, {num_classes}):"
+        with tf.control_dependencies([tf.debugging.Assert(in_range, [message, label])]):
+            return image, tf.identity(label)
+
+    return check
 
 
 # -- the pipeline -----------------------------------------------------------------------------------
@@ -245,14 +362,17 @@ def to_unit_range(images):
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
 
-def _check_images(images, name):
-    if images.dtype == np.uint8:
-        return
-    if not np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 1:
-        raise ValueError(
-            f"{name}: images must be uint8 (0-255) or float in [0, 1]; got {images.dtype} "
-            f"in [{images.min()}, {images.max()}]."
-        )
+def _epoch_shuffled(images, labels, seed, epoch):
+    """(image, label) in a permutation that is a function of (seed, epoch.value())."""
+    images, labels = tf.constant(images), tf.constant(labels)
+    last = len(labels) - 1
+
+    def position(i):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch.read_value(), tf.int64)])
+        return tf.random.experimental.index_shuffle(i, key, last)
+
+    order = tf.data.Dataset.range(len(labels)).map(position)
+    return order.map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
 
 
 def load_dataset(
@@ -269,6 +389,8 @@ def load_dataset(
     drop_remainder=False,
     repeat=False,
     manual_dir=None,
+    num_classes=None,
+    epoch=None,
 ):
     """A batched, prefetched `tf.data.Dataset` of (float32 images in [0, 1], int32 labels).
 
@@ -284,6 +406,16 @@ def load_dataset(
       limit: keep only the first `limit` examples (fixed subsets for quick runs).
       seed: seed of the shuffle and augmentation.
       manual_dir: for source="tfds", build offline from the original files in this folder.
+      epoch: an int64 tf.Variable holding the current epoch (experiment.run sets it at the
+        start of each epoch): local files are then shuffled in an order that depends only on
+        (seed, epoch), so a run resumed at epoch k sees the same order as an unbroken one.
+        Without it, each pass over the pipeline reshuffles (the order of a resumed run's
+        epochs then differs from an unbroken run's).
+      num_classes: labels must lie in [0, num_classes) (DataError otherwise); default: the
+        known dataset's number of classes, or just >= 0 for a .npz file.
+
+    Local files are checked whole (labels integer and in range, images uint8 or floats in
+    [0, 1]); TFDS labels are checked as they stream.
     """
     _check_split(split)
     if batch_size < 1:
@@ -291,19 +423,29 @@ def load_dataset(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}.")
     source = resolve_source(name, source, data_dir)
+    if num_classes is None and name in DATASETS:
+        num_classes = DATASETS[name][1]
     if source == "tfds":
         tfds_split = split if split == "train" else DATASETS[name][2]
         dataset = load_tfds(name, tfds_split, data_dir=data_dir, manual_dir=manual_dir)
         if limit:
             dataset = dataset.take(limit)
+        if num_classes:
+            dataset = dataset.map(_label_checker(num_classes, f"{name} ({split})"))
         size = None
     else:
         images, labels = load_arrays(name, split, data_dir, source)
         if limit:
             images, labels = images[:limit], labels[:limit]
-        _check_images(images, name)
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        check_images(images, f"{name} ({split})", allow_uint8=True)
+        check_labels(labels, num_classes, f"{name} ({split})")
         size = len(labels)
+        shuffle = shuffle if shuffle is not None else split == "train"
+        if shuffle and epoch is not None:
+            dataset = _epoch_shuffled(images, labels, seed, epoch)
+            shuffle = False
+        else:
+            dataset = tf.data.Dataset.from_tensor_slices((images, labels))
     if shuffle if shuffle is not None else split == "train":
         dataset = dataset.shuffle(size or 50_000, seed=seed, reshuffle_each_iteration=True)
     if repeat:

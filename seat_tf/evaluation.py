@@ -36,7 +36,7 @@ import tensorflow as tf
 from seat_tf import attacks as attacks_lib
 from seat_tf import fileio
 from seat_tf import precision
-from seat_tf.training.base import check_batch
+from seat_tf.data import check_batch, check_labels, model_expectations
 
 LARGE_EPS = 0.5
 LARGE_EPS_MAX_ACCURACY = 0.05
@@ -112,6 +112,7 @@ class _Runner:
 
     def __init__(self, model, seed):
         self.model_fn = precision.logits_fn(model)
+        self.num_classes, self.input_shape = model_expectations(model)
         self.seed = int(seed)
         self._compiled = {}
         self._clean = None
@@ -164,8 +165,11 @@ class _Runner:
         for index, (x, y) in enumerate(dataset):
             if limit is not None and seen >= limit:
                 break
+            # Images of the first batch, every batch's labels (cheap) against the model's classes.
             if index == 0:
-                check_batch(x.numpy(), y.numpy())
+                check_batch(x.numpy(), y.numpy(), self.num_classes, self.input_shape, "evaluation data")
+            else:
+                check_labels(y.numpy(), self.num_classes, "evaluation data")
             x = tf.cast(x, tf.float32)
             y = tf.reshape(tf.cast(y, tf.int32), [-1])
             if limit is not None and seen + int(y.shape[0]) > limit:

@@ -25,6 +25,7 @@ import time
 import keras
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
 from seat_tf import data, distribute, fileio, models, precision
 from seat_tf.schedules import CyclicLR
@@ -181,9 +182,7 @@ def _kwargs(section, drop=("name",)):
 def validate(config):
     """Raises ValueError for configs that cannot work, before anything is written or trained."""
     data.dataset_info(config.dataset.name) if not str(config.dataset.name).endswith(".npz") else None
-    method = get_method(config.method.name)
-    if config.method.get("preset") is not None and not hasattr(method, "from_preset"):
-        raise ValueError(f"method.preset is only known for SEAT; {config.method.name!r} has no presets.")
+    method_constructor(config)
     if config.model.name not in models.MODELS:
         raise ValueError(f"Unknown model {config.model.name!r}; choose one of {sorted(models.MODELS)}.")
     if config.epochs < 1:
@@ -196,6 +195,7 @@ def validate(config):
     epsilon = config.method.epsilon
     if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0 or epsilon > 1:
         raise ValueError(f"method.epsilon must be a number in [0, 1] (pixel scale), got {epsilon!r}.")
+    _check_method_arguments(config)
     diag = config.get("diagnostics")
     if diag is not None and (diag.get("linearity_monitor") or diag.get("co_monitor")):
         from seat_tf import attacks, diagnostics
@@ -209,12 +209,43 @@ def validate(config):
         attacks.get_attack(diag.co_attack)
 
 
-def build_datasets(config):
+def method_constructor(config):
+    """(constructor, keyword arguments) of config.method: the method's class, or with
+    `method.preset` its named settings (`SEATModel.from_preset`)."""
+    method, kwargs = get_method(config.method.name), _kwargs(config.method)
+    preset = kwargs.pop("preset", None)
+    if preset is not None:
+        if not hasattr(method, "from_preset"):
+            raise ValueError(f"method.preset is only known for SEAT; {config.method.name!r} has no presets.")
+        method = functools.partial(method.from_preset, preset)
+    return method, kwargs
+
+
+def _check_method_arguments(config):
+    """Builds the method on a 2-pixel stand-in classifier, so a bad method argument (lam < 0,
+    an unknown keyword, an unknown val_attack) fails here, before any data is read."""
+    from seat_tf import attacks
+
+    for name in config.get("eval_attacks", ()):
+        attacks.get_attack(str(name).partition("@")[0])
+    attacks.get_attack(config.get("val_attack"))
+    inputs = keras.Input((1, 2, 1))
+    stand_in = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    method, kwargs = method_constructor(config)
+    try:
+        method(stand_in, val_attack=config.get("val_attack"), **kwargs)
+    except TypeError as error:
+        raise ValueError(f"method {config.method.name!r}: {error}") from None
+
+
+def build_datasets(config, epoch=None):
     """(train, test, val) tf.data pipelines; val is a fixed subset of test for per-epoch
-    robust accuracy (PGD on the full test set every epoch would dominate training time)."""
+    robust accuracy (PGD on the full test set every epoch would dominate training time).
+    With `epoch` (an int64 tf.Variable), the training order is a function of (seed, epoch)."""
     d = config.dataset
     common = dict(data_dir=d.data_dir, source=d.source, seed=config.seed)
-    train = data.load_dataset(d.name, "train", d.batch_size, augment=d.augment, limit=d.train_limit, **common)
+    train = data.load_dataset(d.name, "train", d.batch_size, augment=d.augment, limit=d.train_limit, epoch=epoch,
+                              **common)
     test = data.load_dataset(d.name, "test", d.batch_size, limit=d.test_limit, **common)
     val = data.load_dataset(d.name, "test", d.batch_size, limit=d.val_limit, **common) if d.val_limit else test
     return train, test, val
@@ -264,13 +295,12 @@ def build_model(config, total_steps, strategy=None):
         with strategy.scope():
             return build_model(config, total_steps)
     keras.utils.set_random_seed(config.seed)
-    method_kwargs = _kwargs(config.method)
     with precision.dtype_policy(config.get("mixed_precision")):
-        method = get_method(config.method.name)
-        preset = method_kwargs.pop("preset", None)
-        if preset is not None:  # named settings of the method (SEATModel.from_preset)
-            method = functools.partial(method.from_preset, preset)
-        model = method(build_classifier(config), val_attack=config.val_attack, seed=config.seed, **method_kwargs)
+        method, method_kwargs = method_constructor(config)
+        diag = config.get("diagnostics")
+        guard = bool(diag.get("divergence_guard", True)) if diag is not None else True
+        model = method(build_classifier(config), val_attack=config.val_attack, seed=config.seed,
+                       divergence_guard=guard, **method_kwargs)
         model.compile(
             optimizer=build_optimizer(config, total_steps),
             jit_compile=config.jit_compile,
@@ -324,27 +354,43 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True, callbacks=()):
     Writes config.json, history.json, model.keras, training_curves.png and (chief only, with
     `evaluate`) report.json / report.md / robust_accuracy_vs_eps.png; backup/ lets a killed
     run resume from its last finished epoch. Returns a dict: model, history (lists per
-    metric), train_seconds, divergence_events, report and paths (None without evaluation
-    or on a non-chief worker).
+    metric), train_seconds, divergence_events, recovered (False if training diverged and did
+    not come back), report and paths (None without evaluation or on a non-chief worker).
+    The output folder is locked while the run writes it (fileio.WorkdirLock): a second run on
+    the same workdir is refused with WorkdirLocked.
     """
-    from seat_tf import diagnostics, evaluation
-
     validate(config)
     # Everything that can fail on bad input happens before anything is written.
     strategy = strategy or distribute.make_strategy("default")
     worker = distribute.worker_info(strategy)
     set_seed(config.seed)
-    train_ds, test_ds, val_ds = build_datasets(config)
+    # On one device the training order is a function of (seed, epoch), so a run killed and
+    # resumed at epoch k trains on the same batches as an unbroken run (same final weights).
+    # (Multi-worker pipelines are cloned per worker and keep the plain reshuffle.)
+    single = strategy.num_replicas_in_sync == 1 and not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False) if single else None
+    train_ds, test_ds, val_ds = build_datasets(config, epoch=epoch)
     total_steps = config.epochs * steps_per_epoch(config, train_ds)
     model = build_model(config, total_steps, strategy)
 
     # The chief writes the workdir; other workers write only <workdir>/<task>-<id>/.
     outdir = distribute.output_dir(workdir, worker)
     monitors = build_monitors(config, outdir)  # on every worker: same weights, same decisions
+    if epoch is not None:
+        monitors = monitors + [keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: epoch.assign(e))]
+    with fileio.WorkdirLock(outdir, "train"):  # one run per workdir; a killed run's lock is taken over
+        return _run_locked(config, workdir, outdir, worker, model, list(callbacks) + monitors,
+                           datasets=(train_ds, test_ds, val_ds), strategy=strategy, verbose=verbose, evaluate=evaluate)
+
+
+def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, strategy, verbose, evaluate):
+    from seat_tf import diagnostics, evaluation
+
+    train_ds, test_ds, val_ds = datasets
     os.makedirs(outdir, exist_ok=True)
     fileio.write_json_atomic(to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
-    callbacks = list(callbacks) + monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
+    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
     if worker.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
     start = time.time()
@@ -358,8 +404,10 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True, callbacks=()):
     fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
     fileio.save_model_atomic(model, os.path.join(outdir, "model.keras"))
     divergence = report_monitors(monitors, outdir)
+    guard = model.divergence_guard_callback
+    recovered = guard is None or guard.recovered
     result = dict(model=model, history=history_dict, train_seconds=train_seconds, divergence_events=divergence,
-                  report=None, paths=None, is_chief=worker.is_chief)
+                  recovered=recovered, report=None, paths=None, is_chief=worker.is_chief)
     if not worker.is_chief:
         print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
         return result
@@ -376,7 +424,7 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True, callbacks=()):
         else None,
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
-                  train_seconds=round(train_seconds, 1), divergence_events=divergence)
+                  train_seconds=round(train_seconds, 1), divergence_events=divergence, diverged_unrecovered=not recovered)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
     return result

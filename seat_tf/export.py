@@ -44,16 +44,17 @@ _TMP_PREFIX = ".tmp-export-"
 # -- what gets exported ----------------------------------------------------------------------
 
 
-def load_classifier(model):
+def load_classifier(model, safe_mode=True):
     """The plain classifier to serve, from a `.keras` path, an `AdversarialModel` (its
-    `.classifier`) or a Keras classifier. Raises ValueError if it is not images -> logits."""
+    `.classifier`) or a Keras classifier. Raises ValueError if it is not images -> logits.
+    A path is loaded in Keras' safe mode (no Lambda layers) unless safe_mode=False."""
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
         if not path.endswith(".keras"):
             raise ValueError(f"Expected a Keras archive ending in .keras, got {path!r}.")
         if not os.path.isfile(path):
             raise ValueError(f"No such model file: {path!r}.")
-        model = keras.models.load_model(path, compile=False)
+        model = fileio.load_keras_model(path, safe_mode=safe_mode, compile=False)
     classifier = getattr(model, "classifier", model)
     if not isinstance(classifier, keras.Model):
         raise ValueError(f"Expected a keras.Model (or a seat_tf AdversarialModel), got {type(model).__name__}.")
@@ -290,7 +291,8 @@ def format_check(report):
 # -- the whole export ------------------------------------------------------------------------
 
 
-def export_saved_model(model, out_dir, version=None, overwrite=False, verify=True, atol=1e-5, log=print):
+def export_saved_model(model, out_dir, version=None, overwrite=False, verify=True, atol=1e-5, log=print,
+                       safe_mode=True):
     """Exports `model`'s classifier to `<out_dir>/<version>/` for TF Serving.
 
     Args:
@@ -306,7 +308,7 @@ def export_saved_model(model, out_dir, version=None, overwrite=False, verify=Tru
     """
     log = log or (lambda *_: None)
     version, target = _target_dir(out_dir, version, overwrite)  # fail before any work
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, safe_mode=safe_mode)
     archive = build_archive(classifier)
 
     created_out_dir = not os.path.isdir(out_dir)

@@ -241,17 +241,12 @@ def train_baseline(hypermodel, config, train_ds, val_ds, epochs, directory, stra
     return model, record
 
 
-def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_trial=None, overwrite=False,
-               strategy=None, final_attack="pgd50x10", final_examples=1000, baseline=True, verbose=1):
-    """Runs (or resumes) the search and, on the chief or a single process, writes the summary.
-
-    Returns the summary dict (None on a distributed-search worker)."""
-    import keras_tuner  # noqa: F401  (fails early, before anything is written, if missing)
-
-    from seat_tf import attacks, evaluation, experiment
+def prepare_search(config, project_dir, tuner, max_trials, epochs_per_trial, final_attack, final_examples):
+    """Checks the search's arguments (ValueError for bad ones, before anything is written);
+    returns (the trials' config, epochs per trial, validation subset size)."""
+    from seat_tf import attacks, experiment
     from tuning import hypermodel as hypermodel_lib
 
-    # Everything that can fail on bad input happens before anything is written.
     config = copy.deepcopy(config)  # the caller's config stays as it was
     epochs = int(epochs_per_trial or config.epochs)
     if max_trials < 1:
@@ -270,8 +265,36 @@ def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_tri
         config.dataset.test_limit = (val_limit or 0) + final_examples
     experiment.validate(config)
     hypermodel_lib.validate_search_space(config.tuning)
+    fileio.check_writable_dir(project_dir, "project_dir")
+    return config, epochs, val_limit
+
+
+def run_search(config, project_dir, tuner="random", max_trials=8, epochs_per_trial=None, overwrite=False,
+               strategy=None, final_attack="pgd50x10", final_examples=1000, baseline=True, verbose=1):
+    """Runs (or resumes) the search and, on the chief or a single process, writes the summary.
+
+    Returns the summary dict (None on a distributed-search worker)."""
+    import keras_tuner  # noqa: F401  (fails early, before anything is written, if missing)
+
+    config, epochs, val_limit = prepare_search(config, project_dir, tuner, max_trials, epochs_per_trial,
+                                               final_attack, final_examples)
     distributed = "KERASTUNER_ORACLE_IP" in os.environ
     is_worker = distributed and "chief" not in os.environ.get("KERASTUNER_TUNER_ID", "")
+
+    # One search per project_dir at a time (a distributed search shares it by design).
+    lock = None if distributed else fileio.WorkdirLock(project_dir, "tune").acquire()
+    try:
+        return _search(config, project_dir, tuner, max_trials, epochs, overwrite, strategy, final_attack,
+                       final_examples, baseline, verbose, is_worker, val_limit)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _search(config, project_dir, tuner, max_trials, epochs, overwrite, strategy, final_attack, final_examples,
+            baseline, verbose, is_worker, val_limit):
+    from seat_tf import evaluation, experiment
+    from tuning import hypermodel as hypermodel_lib
 
     experiment.set_seed(config.seed)
     train_ds, test_ds, val_ds = experiment.build_datasets(config)
@@ -352,6 +375,11 @@ def tune(argv):
         raise app.UsageError("--config is required.")
     if FLAGS.project_dir is None:
         raise app.UsageError("--project_dir is required.")
+    from seat_tf import errors
+
+    with errors.usage_errors():  # bad arguments: one line, exit 2 (seat-tf tune)
+        prepare_search(FLAGS.config, FLAGS.project_dir, FLAGS.tuner, FLAGS.max_trials, FLAGS.epochs_per_trial,
+                       FLAGS.final_eval_attack, FLAGS.final_eval_examples)
     run_search(
         FLAGS.config, FLAGS.project_dir, tuner=FLAGS.tuner, max_trials=FLAGS.max_trials,
         epochs_per_trial=FLAGS.epochs_per_trial, overwrite=FLAGS.overwrite,

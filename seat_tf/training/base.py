@@ -17,12 +17,14 @@ which average over the *global* batch, so the same code is correct on one device
 
 import collections
 import math
+import threading
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks, losses, precision
+from seat_tf.data import DataError, check_batch, check_dataset_head, check_labels, model_expectations  # noqa: F401
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
 CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
@@ -36,41 +38,18 @@ def _replica_sum(value):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
 
 
+# The sample weights of the train / test step being traced, per thread: under
+# MirroredStrategy each replica traces its step in its own thread.
+_STEP = threading.local()
+
+
+def _step_weights():
+    return getattr(_STEP, "weights", None)
+
+
 def _num_replicas():
     context = tf.distribute.get_replica_context()
     return 1 if context is None else context.num_replicas_in_sync
-
-
-def check_batch(x, y=None, num_classes=None):
-    """Raises ValueError with a useful message if a batch is not images in [0, 1] with
-    integer labels in [0, num_classes). Works on NumPy arrays and eager tensors."""
-    x = np.asarray(x)
-    if x.ndim not in (3, 4):
-        raise ValueError(
-            f"Expected a batch of images of rank 4 [batch, height, width, channels] (or 3 without "
-            f"channels), got shape {x.shape}. Batch your tf.data pipeline with .batch(n)."
-        )
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(
-            f"Images must be floats in [0, 1], got dtype {x.dtype}. Convert with "
-            "tf.cast(images, tf.float32) / 255."
-        )
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-        hint = " They look like 0-255 pixel values: divide by 255." if x.max() > 1.0 + 1e-6 and x.max() <= 255 else ""
-        raise ValueError(f"Images must lie in [0, 1], got values in [{x.min():.4g}, {x.max():.4g}].{hint}")
-    if y is None:
-        return
-    y = np.asarray(y)
-    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
-        raise ValueError(
-            f"Labels must be integer class ids of shape [batch], got shape {y.shape} "
-            "(one-hot labels? use tf.argmax(y, axis=-1))."
-        )
-    if not np.issubdtype(y.dtype, np.integer):
-        if not np.all(np.equal(np.mod(y, 1), 0)):
-            raise ValueError(f"Labels must be integer class ids, got non-integer values of dtype {y.dtype}.")
-    if y.size and num_classes is not None and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"Labels must lie in [0, {num_classes}), got values in [{y.min()}, {y.max()}].")
 
 
 @keras.saving.register_keras_serializable(package="seat_tf")
@@ -86,6 +65,18 @@ class AdversarialModel(keras.Model):
       attack_training: run the classifier in training mode in the attack's forward passes
         (batch-norm uses batch statistics, as in the SEAT authors' code) or in inference mode.
       seed: seed for the random starts of the attacks.
+      divergence_guard: `fit` adds a `seat_tf.DivergenceGuard(action="stop")` callback unless
+        `callbacks` already holds one: when the loss (or the linearity term) turns non-finite
+        or explodes, training warns, goes back to the last sound weights and stops. False
+        turns this off; pass your own DivergenceGuard to change its settings. The guard of
+        the last `fit` is `model.divergence_guard_callback` (its `events` say what happened).
+
+    Sample weights (`fit(..., sample_weight=...)`, `class_weight=...`, or a dataset of
+    (x, y, w)) weight every method's objective and the logged metrics: global-batch
+    reductions divide by the global sum of weights (`batch_mean`). An objective that does
+    not reduce through `batch_mean` / `flooded_mean` / `abs_of_batch_mean` cannot honour
+    them and raises instead of ignoring them. The attacks themselves are per example and
+    unweighted.
 
     `call` runs the classifier, so `predict`, `save` and `export` see a plain classifier.
     """
@@ -105,6 +96,7 @@ class AdversarialModel(keras.Model):
         epsilon_warmup_steps=0,
         attack_training=True,
         seed=None,
+        divergence_guard=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -123,6 +115,8 @@ class AdversarialModel(keras.Model):
         self.epsilon_warmup_steps = int(epsilon_warmup_steps)
         self.attack_training = bool(attack_training)
         self.seed = seed
+        self.divergence_guard = bool(divergence_guard)
+        self.divergence_guard_callback = None
         # Stateless noise: seed (drawn from NumPy if None, so keras.utils.set_random_seed
         # makes runs reproducible) and the optimizer step; a resumed run replays the same noise.
         self._noise_seed = int(seed) if seed is not None else int(np.random.randint(0, 2**31 - 1))
@@ -163,6 +157,7 @@ class AdversarialModel(keras.Model):
             epsilon_warmup_steps=self.epsilon_warmup_steps,
             attack_training=self.attack_training,
             seed=self.seed,
+            divergence_guard=self.divergence_guard,
         )
         return config
 
@@ -174,24 +169,46 @@ class AdversarialModel(keras.Model):
 
     # -- input validation -----------------------------------------------------------------
 
-    def _check_data(self, x, y):
+    def _check_data(self, x, y, sample_weight=None, name="training data"):
+        """Images, labels (range against this model's classes), shapes and sample weights of
+        the data entering fit / evaluate: a tf.data pipeline's first batch, arrays whole."""
+        num_classes, input_shape = model_expectations(self)
         if isinstance(x, tf.data.Dataset):
-            spec = x.element_spec
-            if not isinstance(spec, tuple) or len(spec) < 2:
-                raise ValueError("The dataset must yield (images, labels) pairs, got element_spec " f"{spec}.")
-            for images, labels in x.take(1):
-                check_batch(images.numpy(), labels.numpy(), self.num_classes)
-        elif x is not None and not isinstance(x, (dict, list)) and hasattr(x, "shape"):
-            check_batch(x[:256], None if y is None else np.asarray(y)[:256], self.num_classes)
+            check_dataset_head(x, num_classes, input_shape, name)
+            return
+        if x is None or isinstance(x, (dict, list)) or not hasattr(x, "shape"):
+            return  # generators and PyDatasets are checked by Keras
+        check_batch(x[:256], None, num_classes, input_shape, name)
+        if y is not None:
+            check_labels(y, num_classes, name)
+            if len(np.asarray(y)) != len(x):
+                raise DataError(f"{name}: {len(x)} images but {len(np.asarray(y))} labels.")
+        if sample_weight is not None:
+            weights = np.asarray(sample_weight, dtype=np.float64)
+            if weights.size and (not np.all(np.isfinite(weights)) or weights.min() < 0):
+                raise ValueError(f"{name}: sample weights must be finite and >= 0.")
 
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
-        self._check_data(x, y)
+    def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
+        self._check_data(x, y, kwargs.get("sample_weight"))
         if isinstance(validation_data, tf.data.Dataset):
-            self._check_data(validation_data, None)
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+            self._check_data(validation_data, None, name="validation data")
+        elif isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
+            self._check_data(validation_data[0], validation_data[1], name="validation data")
+        if len(args) >= 4:  # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+            args = list(args)
+            callbacks = args.pop(3)
+        callbacks = list(callbacks or [])
+        from seat_tf.diagnostics import DivergenceGuard
+
+        guards = [c for c in callbacks if isinstance(c, DivergenceGuard)]
+        if not guards and self.divergence_guard:
+            guards = [DivergenceGuard(action="stop")]
+            callbacks.insert(0, guards[0])
+        self.divergence_guard_callback = guards[0] if guards else None
+        return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        self._check_data(x, y)
+        self._check_data(x, y, kwargs.get("sample_weight"), name="evaluation data")
         return super().evaluate(x, y, *args, **kwargs)
 
     # -- reductions over the global batch (correct under any tf.distribute strategy) -----
@@ -200,9 +217,15 @@ class AdversarialModel(keras.Model):
         return _replica_sum(tf.cast(tf.shape(values)[0], tf.float32))
 
     def batch_mean(self, values):
-        """Replica-local share of the global-batch mean of per-example `values` [B]."""
+        """Replica-local share of the global-batch mean of per-example `values` [B]; in a
+        step with sample weights w, of the weighted mean sum(w * values) / sum(w) over the
+        global batch."""
         values = tf.cast(values, tf.float32)
-        return tf.reduce_sum(values) / self._global_batch_size(values)
+        weights = _step_weights()
+        if weights is None:
+            return tf.reduce_sum(values) / self._global_batch_size(values)
+        _STEP.weighted_reduction = True
+        return tf.math.divide_no_nan(tf.reduce_sum(weights * values), _replica_sum(tf.reduce_sum(weights)))
 
     def abs_of_batch_mean(self, values, offset=0.0):
         """Share of |mean(values) - offset| over the global batch, with the right gradient.
@@ -297,35 +320,49 @@ class AdversarialModel(keras.Model):
         raise NotImplementedError
 
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, tf.float32)
         y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        weights = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         epsilon = self.current_epsilon()
         variables = self.classifier.trainable_variables
         tape = tf.GradientTape()
         clean = self.compute_clean_pass(x, y, tape) if self.clean_pass else None
         # The attack runs off the weights tape: its passes cost no weight gradients.
         x_adv = tf.stop_gradient(self.perturb(x, y, epsilon, clean))
-        with tape:
-            loss, logs = self.objective(x, y, x_adv, clean)
-            scaled_loss = self.optimizer.scale_loss(loss)
+        _STEP.weights, _STEP.weighted_reduction = weights, False
+        try:
+            with tape:
+                loss, logs = self.objective(x, y, x_adv, clean)
+                scaled_loss = self.optimizer.scale_loss(loss)
+            honoured = _STEP.weighted_reduction
+        finally:
+            _STEP.weights = None
+        if weights is not None and not honoured:
+            raise ValueError(
+                f"{type(self).__name__}.objective does not reduce through batch_mean / flooded_mean / "
+                "abs_of_batch_mean, so it cannot honour sample_weight or class_weight; train without them "
+                "or build the objective with those reductions.")
         grads = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(grads, variables)
-        return self._update_train_metrics(x, y, loss, clean, logs)
+        return self._update_train_metrics(x, y, loss, clean, logs, weights)
 
-    def _update_train_metrics(self, x, y, loss, clean, logs):
-        batch = tf.shape(y)[0]
-        self.loss_tracker.update_state(loss * _num_replicas(), sample_weight=batch)
+    def _update_train_metrics(self, x, y, loss, clean, logs, weights=None):
+        # The loss is this replica's share of the global objective: every replica logs the
+        # global value (the sum of the shares), weighted by the global batch (sum of weights).
+        local = tf.cast(tf.shape(y)[0], tf.float32) if weights is None else tf.reduce_sum(weights)
+        self.loss_tracker.update_state(_replica_sum(loss), sample_weight=_replica_sum(local))
         results = {"loss": self.loss_tracker.result()}
         if clean is not None:
-            self.clean_accuracy.update_state(_correct(clean.logits, y))
+            self.clean_accuracy.update_state(_correct(clean.logits, y), sample_weight=weights)
             results["clean_accuracy"] = self.clean_accuracy.result()
         for name, value in logs.items():
             if name == "adv_logits":
-                self.adv_accuracy.update_state(_correct(value, y))
+                self.adv_accuracy.update_state(_correct(value, y), sample_weight=weights)
                 results["adv_accuracy"] = self.adv_accuracy.result()
             elif name in self.extra_trackers:
-                self.extra_trackers[name].update_state(value)
+                per_example = weights is not None and value.shape.rank == 1
+                self.extra_trackers[name].update_state(value, sample_weight=weights if per_example else None)
                 results[name] = self.extra_trackers[name].result()
             else:
                 raise ValueError(f"{type(self).__name__}.objective logged {name!r}, which is not in logged_metrics.")
@@ -333,17 +370,18 @@ class AdversarialModel(keras.Model):
 
     def test_step(self, data):
         """Clean loss and accuracy, and accuracy under `val_attack` (inference mode)."""
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x = tf.cast(x, tf.float32)
         y = tf.reshape(tf.cast(y, tf.int32), [-1])
+        weights = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
         logits = self.classify(x, training=False)
-        self.loss_tracker.update_state(losses.cross_entropy(y, logits))
-        self.clean_accuracy.update_state(_correct(logits, y))
+        self.loss_tracker.update_state(losses.cross_entropy(y, logits), sample_weight=weights)
+        self.clean_accuracy.update_state(_correct(logits, y), sample_weight=weights)
         results = {"loss": self.loss_tracker.result(), "clean_accuracy": self.clean_accuracy.result()}
         if self.val_attack is not None:
             model_fn = self.input_gradient_logits(training=False)
             x_adv = self.val_attack(model_fn, x, y, self.epsilon, seed=self._noise_seed)
-            self.robust_accuracy.update_state(_correct(self.classify(x_adv, training=False), y))
+            self.robust_accuracy.update_state(_correct(self.classify(x_adv, training=False), y), sample_weight=weights)
             results["robust_accuracy"] = self.robust_accuracy.result()
         return results
 

@@ -1,0 +1,87 @@
+"""Faults: real processes killed with SIGKILL at a chosen point (the README's fault table).
+
+A small driver runs the command in a fresh process with one function wrapped so that the
+process kills itself (SIGKILL, no cleanup of any kind) at the chosen point."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import seat_tf  # noqa: F401  (registers the model classes for loading)
+from seat_tf import fileio
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+DRIVER = '''
+import os, signal, sys
+from seat_tf import cli, export, keras_compat
+
+point = os.environ["KILL_AT"]
+if point.startswith("epoch_end:"):  # right after the backup of epoch N is written
+    epoch_to_kill = int(point.split(":")[1])
+    original = keras_compat.BackupAndRestore.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch + 1 == epoch_to_kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras_compat.BackupAndRestore.on_epoch_end = on_epoch_end
+elif point == "export_check":  # SavedModel written to its temporary folder, not yet moved into place
+    export.check_in_fresh_process = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = ["seat-tf"] + sys.argv[1:]
+cli.run()
+'''
+
+
+def _run(tmp_path, args, kill_at=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    if kill_at is None:
+        command = [sys.executable, "-m", "seat_tf.cli", *args]
+    else:
+        driver = tmp_path / "kill_driver.py"
+        driver.write_text(DRIVER)
+        command = [sys.executable, str(driver), *args]
+        env["KILL_AT"] = kill_at
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+
+
+@pytest.mark.slow
+def test_train_killed_after_epoch_2_resumes_to_the_weights_of_an_unbroken_run(tmp_path, fake_fmnist_npz):
+    args = ["train", "--config=configs/fashion_mnist_seat.py:smoke", f"--config.dataset.name={fake_fmnist_npz}",
+            "--config.epochs=3", "--config.dataset.batch_size=32", "--verbose=0"]
+    unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
+    assert _run(tmp_path, args + [f"--workdir={unbroken}"]).returncode == 0
+    killed = _run(tmp_path, args + [f"--workdir={broken}"], kill_at="epoch_end:2")
+    assert killed.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(broken, "model.keras"))
+    assert os.path.exists(os.path.join(broken, fileio.LOCK_NAME))  # left behind by the killed run
+    resumed = _run(tmp_path, args + [f"--workdir={broken}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stale lock" in resumed.stderr
+    history = json.load(open(os.path.join(broken, "history.json")))
+    assert len(history["loss"]) == 1  # only epoch 3 was trained again
+    a = keras.models.load_model(os.path.join(unbroken, "model.keras"))
+    b = keras.models.load_model(os.path.join(broken, "model.keras"))
+    assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 3 * 4
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert not os.path.exists(os.path.join(broken, fileio.LOCK_NAME))
+
+
+def test_export_killed_before_the_move_leaves_no_version_folder(tmp_path, make_tiny_cnn):
+    model_path = str(tmp_path / "m.keras")
+    make_tiny_cnn().save(model_path)
+    out = str(tmp_path / "exported")
+    killed = _run(tmp_path, ["export", f"--model={model_path}", f"--out={out}"], kill_at="export_check")
+    assert killed.returncode == -signal.SIGKILL
+    assert not [name for name in os.listdir(out) if name.isdigit()]  # TF Serving sees no version
+    done = _run(tmp_path, ["export", f"--model={model_path}", f"--out={out}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [name for name in os.listdir(out) if name.isdigit()] == ["1"]
