@@ -19,7 +19,6 @@ import pytest
 import tensorflow as tf
 
 import seat_tf
-from seat_tf import attacks
 from seat_tf.training.base import CleanPass
 from tests import closed_form as cf
 from tests.conftest import linear_classifier
@@ -72,21 +71,6 @@ def _numpy_clean_pass(W, b, x, y, loss_offset=0.0):
         tf.constant(cf.ce(W, b, x, y) + loss_offset, tf.float32),
         tf.constant(cf.ce_grad_x(W, b, x, y), tf.float32),
     )
-
-
-@pytest.fixture
-def recorded_starts(monkeypatch):
-    """Records every random start the attack engine draws (the delta added to x)."""
-    starts = []
-    original = attacks.random_start
-
-    def recording(x, radius, init, seed=None):
-        delta = original(x, radius, init, seed)
-        starts.append(delta.numpy())
-        return delta
-
-    monkeypatch.setattr(attacks, "random_start", recording)
-    return starts
 
 
 def _perturb(model, x, y, clean, eps=EPS):
