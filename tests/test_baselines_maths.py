@@ -117,7 +117,10 @@ def test_n_fgsm_clips_to_the_unit_box(recorded_starts):
 
 @pytest.mark.parametrize("steps", [3, 4])
 def test_pgd_at_takes_k_projected_steps_of_two_and_a_half_eps_over_k(recorded_starts, steps):
-    W, b, x, y = _problem(seed=5)
+    # Strong weights around balanced logits: the gradient's sign changes along the path, so
+    # the iterates do not all end on a corner whatever the step size.
+    W, _, x, y = _problem(seed=11, batch=32, scale=4.0)
+    b = -0.5 * W.sum(0)
     x_adv = _perturb(_model(seat_tf.PGDATModel, W, b, steps=steps), x, y)
     (start,) = recorded_starts
     _assert_uniform(start, EPS)
@@ -125,6 +128,7 @@ def test_pgd_at_takes_k_projected_steps_of_two_and_a_half_eps_over_k(recorded_st
     expected = cf.signed_steps(ascent, x, start, EPS, 2.5 * EPS / steps, steps)
     np.testing.assert_allclose(x_adv, expected, atol=1e-6)
     for wrong in (cf.signed_steps(ascent, x, start, EPS, 2.5 * EPS / steps, steps - 1),
+                  cf.signed_steps(ascent, x, start, EPS, 2.0 * EPS / steps, steps),
                   cf.signed_steps(ascent, x, start, EPS, 0.25 * EPS, steps),
                   cf.signed_steps(ascent, x, start, EPS, 2.5 * EPS / steps, steps, project=False)):
         assert np.abs(wrong - expected).max() > 1e-3
@@ -159,9 +163,10 @@ def kl_grad_z(p_logits, q_logits, direction="clean||adv"):
 
 
 def test_trades_attack_maximizes_kl_clean_to_adv_from_a_small_gaussian_start(recorded_starts):
-    W, b, x, y = _problem(seed=7, scale=3.0)
-    eps = 0.2
-    model = _model(seat_tf.TRADESModel, W, b, epsilon=eps, steps=5, rel_step_size=0.5)
+    W, _, x, y = _problem(seed=11, batch=32, scale=4.0)
+    b = -0.5 * W.sum(0)  # balanced logits: the KL's gradient changes sign along the path
+    eps = EPS
+    model = _model(seat_tf.TRADESModel, W, b, epsilon=eps)  # defaults: 10 steps of eps / 4
     x_adv = _perturb(model, x, y, eps)
     (start,) = recorded_starts
     assert 0.0005 < start.std() < 0.002 and np.abs(start).max() < 0.01  # 0.001 N(0, 1)
@@ -175,10 +180,12 @@ def test_trades_attack_maximizes_kl_clean_to_adv_from_a_small_gaussian_start(rec
 
         return grad
 
-    expected = cf.signed_steps(ascent("clean||adv"), x, start, eps, 0.5 * eps, 5)
+    expected = cf.signed_steps(ascent("clean||adv"), x, start, eps, 0.25 * eps, 10)
     np.testing.assert_allclose(x_adv, expected, atol=1e-6)
-    swapped = cf.signed_steps(ascent("adv||clean"), x, start, eps, 0.5 * eps, 5)
-    assert np.abs(swapped - expected).max() > 1e-3
+    for wrong in (cf.signed_steps(ascent("adv||clean"), x, start, eps, 0.25 * eps, 10),  # KL(f(x') || f(x))
+                  cf.signed_steps(ascent("clean||adv"), x, start, eps, 0.25 * eps, 9),
+                  cf.signed_steps(ascent("clean||adv"), x, start, eps, 0.2 * eps, 10)):
+        assert np.abs(wrong - expected).max() > 1e-3
 
 
 def trades_objective(W, b, x, y, x_adv, beta):
