@@ -55,6 +55,17 @@ class WeakeningPGD(attacks.LinfPGD):
         return tf.identity(x) if self.steps >= 20 else super().__call__(model_fn, x, y, eps, seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class PartialPGD(attacks.LinfPGD):
+    """Broken: a real PGD that leaves the first 6 examples it is given untouched (10% of the
+    sanity subset): just above the 5% a large-eps attack may leave."""
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        x_adv = super().__call__(model_fn, x, y, eps, seed)
+        keep = tf.range(tf.shape(x)[0]) < 6
+        return tf.where(tf.reshape(keep, [-1, 1, 1, 1]), x, x_adv)
+
+
 class OutOfBox:
     """Broken: moves by eps / 2 away from 0.5 and forgets to clip to [0, 1] (within budget)."""
 
@@ -71,15 +82,15 @@ class OverBudget:
         return tf.clip_by_value(x - 1.5 * eps, 0.0, 1.0)
 
 
-def _break_gradient_attacks(monkeypatch, names):
-    """Makes attack_suite.get_attack return an idle PGD for these names (the extra runs the
+def _break_gradient_attacks(monkeypatch, names, broken=IdlePGD):
+    """Makes attack_suite.get_attack return a broken PGD for these names (the extra runs the
     sanity checks add are built through it too)."""
     original = attack_suite.get_attack
 
     def get_attack(spec):
         attack = original(spec)
         if isinstance(spec, str) and spec in names:
-            return IdlePGD(**{**dataclasses.asdict(attack), "name": f"idle_{spec}"})
+            return broken(**{**dataclasses.asdict(attack), "name": f"broken_{spec}"})
         return attack
 
     monkeypatch.setattr(attack_suite, "get_attack", get_attack)
@@ -88,6 +99,7 @@ def _break_gradient_attacks(monkeypatch, names):
 def test_sound_attacks_pass_every_check(linear_problem):
     result = _evaluate(linear_problem, ["fgsm", "pgd10", "square200"])
     assert 0.9 < result["clean_accuracy"] and 0.2 < result["attacks"]["pgd10"]["robust_accuracy"] < 0.8
+    assert result["sanity_checks"]["large_eps_accuracy_near_zero"]["accuracy"] == 0.0
     assert all(check["passed"] for check in result["sanity_checks"].values()), result["sanity_checks"]
 
 
@@ -117,11 +129,13 @@ def test_more_iterations_weaker_fails(linear_problem):
     assert ("pgd10_w", "pgd20_w") in failed
 
 
-def test_large_eps_accuracy_fails_when_the_large_eps_pgd_is_broken(linear_problem, monkeypatch):
-    _break_gradient_attacks(monkeypatch, {"pgd20"})
+@pytest.mark.parametrize("broken, accuracy", [(IdlePGD, (0.9, 1.0)), (PartialPGD, (0.09, 0.11))],
+                         ids=["idle", "spares_10_percent"])
+def test_large_eps_accuracy_fails_when_the_large_eps_pgd_is_broken(linear_problem, monkeypatch, broken, accuracy):
+    _break_gradient_attacks(monkeypatch, {"pgd20"}, broken)
     result = _evaluate(linear_problem, ["fgsm", "square50"])
     check = result["sanity_checks"]["large_eps_accuracy_near_zero"]
-    assert check["passed"] is False and check["accuracy"] > 0.9
+    assert check["passed"] is False and accuracy[0] <= check["accuracy"] <= accuracy[1]
 
 
 def test_black_box_stronger_than_every_gradient_attack_fails(linear_problem, monkeypatch):
