@@ -65,13 +65,20 @@ def _open_maybe_gz(path):
     raise FileNotFoundError(f"Neither {path}.gz nor {path} exists.")
 
 
+def _read_idx_header(f, path):
+    magic = f.read(4)
+    if len(magic) != 4 or magic[:2] != b"\x00\x00" or magic[2] != 0x08:
+        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic!r}).")
+    header = f.read(4 * magic[3])
+    if len(header) != 4 * magic[3]:
+        raise ValueError(f"{path}: IDX header cut short (truncated file?).")
+    return struct.unpack(">" + "I" * magic[3], header)
+
+
 def read_idx(path):
     """Reads an IDX file (optionally .gz) into a uint8 array, checking its header."""
     with _open_maybe_gz(path) as f:
-        magic = f.read(4)
-        if len(magic) != 4 or magic[:2] != b"\x00\x00" or magic[2] != 0x08:
-            raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {magic!r}).")
-        dims = struct.unpack(">" + "I" * magic[3], f.read(4 * magic[3]))
+        dims = _read_idx_header(f, path)
         data = np.frombuffer(f.read(), dtype=np.uint8)
     if data.size != int(np.prod(dims)):
         raise ValueError(f"{path}: header says shape {dims} but holds {data.size} bytes (truncated file?).")
@@ -187,12 +194,37 @@ def load_tfds(name, split, data_dir=None, manual_dir=None):
     """A TFDS split as (image, label); builds offline from manual_dir if given."""
     import tensorflow_datasets as tfds
 
+    if manual_dir:
+        _check_manual_dir(name, manual_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     download_config = None
     if manual_dir:
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, register_checksums=True)
     builder.download_and_prepare(download_config=download_config)
     return builder.as_dataset(split=split, as_supervised=True)
+
+
+def _check_manual_dir(name, manual_dir):
+    """ValueError unless manual_dir holds what TFDS needs to build `name` offline: otherwise
+    TFDS would download the files (or fail deep inside with a reshape error on partial ones).
+    For the MNIST family: the four IDX files, with the full split sizes in their headers."""
+    if not os.path.isdir(manual_dir):
+        raise ValueError(f"manual_dir {manual_dir!r} is not a folder.")
+    if name not in _EXPECTED_COUNTS:
+        return
+    files = [f for pair in _IDX_FILES.values() for f in pair]
+    if idx_dir(name, manual_dir) is None:
+        raise ValueError(f"manual_dir {manual_dir!r} lacks the IDX files of {name} ({', '.join(files)}, "
+                         "optionally .gz); TFDS would download them instead.")
+    for split, pair in _IDX_FILES.items():
+        expected = _EXPECTED_COUNTS[name][split]
+        for file_name in pair:
+            path = os.path.join(manual_dir, file_name)
+            with _open_maybe_gz(path) as f:
+                count = _read_idx_header(f, path)[0]
+            if count != expected:
+                raise ValueError(f"{path}: {count} examples, but TFDS builds {name} only from the complete "
+                                 f"original files ({expected} in the {split} split).")
 
 
 # -- validation: every path data enters goes through these ------------------------------------

@@ -86,6 +86,27 @@ def toy_data():
     return np.clip(x, 0, 1), y
 
 
+@pytest.fixture
+def recorded_starts(monkeypatch):
+    """A list that collects every random start the attack engine draws (the delta that
+    seat_tf.attacks.random_start returns), so closed-form tests can replay the attack."""
+    from seat_tf import attacks
+    from seat_tf.attacks import engine
+
+    starts = []
+    original = engine.random_start
+
+    def recording(x, radius, init, seed=None):
+        delta = original(x, radius, init, seed)
+        starts.append(delta.numpy())
+        return delta
+
+    # The engine calls its own module's function; methods call it through the package.
+    monkeypatch.setattr(engine, "random_start", recording)
+    monkeypatch.setattr(attacks, "random_start", recording)
+    return starts
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(0)

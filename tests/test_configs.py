@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from seat_tf import experiment
+from seat_tf import data, experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -37,6 +37,10 @@ def _build(path, cifar_dir):
     config = load_config(path, "smoke")
     if config.dataset.name == "cifar10":
         config.dataset.data_dir = cifar_dir
+    if config.dataset.name == "fashion_mnist" and not config.dataset.data_dir and data.idx_dir("fashion_mnist") is None:
+        # Never fall through to a TFDS download from a test.
+        pytest.skip("the real Fashion-MNIST IDX files are absent (apt-get install dataset-fashion-mnist, "
+                    "or bash scripts/setup.sh)")
     experiment.validate(config)
     train, _, val = experiment.build_datasets(config)
     return config, train, val, experiment.build_model(config, total_steps=experiment.steps_per_epoch(config, train))

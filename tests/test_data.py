@@ -133,3 +133,116 @@ def test_real_fashion_mnist_is_complete_and_balanced():
     assert train_x.shape == (60000, 28, 28, 1) and test_x.shape == (10000, 28, 28, 1)
     assert np.all(np.bincount(train_y) == 6000) and np.all(np.bincount(test_y) == 1000)
     assert data.resolve_source("fashion_mnist") == "idx"
+
+
+# -- each malformed input is a clear ValueError -----------------------------------------------
+
+
+def test_bad_idx_magic_is_rejected(idx_folder):
+    path = str(idx_folder / "t10k-images-idx3-ubyte.gz")
+    with gzip.open(path, "rb") as f:
+        content = f.read()
+    for magic in (b"\x00\x00\x0d\x03", b"\x01\x00\x08\x03", b"PK\x03\x04"):  # float IDX, bad prefix, a zip
+        with gzip.open(path, "wb") as f:
+            f.write(magic + content[4:])
+        with pytest.raises(ValueError, match="not an unsigned-byte IDX file"):
+            data.load_idx("fashion_mnist", "test", str(idx_folder))
+
+
+def test_idx_file_cut_inside_its_header_is_rejected(idx_folder):
+    path = str(idx_folder / "t10k-labels-idx1-ubyte")  # the raw (not gzipped) one
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[:6])
+    with pytest.raises(ValueError, match="truncated"):
+        data.load_idx("fashion_mnist", "test", str(idx_folder))
+
+
+def test_image_and_label_counts_must_match(idx_folder):
+    _write_idx(str(idx_folder / "t10k-labels-idx1-ubyte"), np.arange(19) % 10, compress=False)
+    with pytest.raises(ValueError, match="20 images but 19 labels"):
+        data.load_idx("fashion_mnist", "test", str(idx_folder))
+    with pytest.raises(ValueError, match="20 images but 19 labels"):
+        data.load_dataset("fashion_mnist", "test", data_dir=str(idx_folder))
+
+
+def test_full_size_split_with_unbalanced_classes_is_rejected(idx_folder):
+    """A split of the real size (10000) must hold exactly 1000 examples per class."""
+    labels = np.arange(10000) % 10
+    _write_idx(str(idx_folder / "t10k-images-idx3-ubyte"), np.zeros((10000, 28, 28), np.uint8), compress=False)
+    os.remove(str(idx_folder / "t10k-images-idx3-ubyte.gz"))
+    _write_idx(str(idx_folder / "t10k-labels-idx1-ubyte"), labels, compress=False)
+    images, _ = data.load_idx("fashion_mnist", "test", str(idx_folder))  # balanced: accepted
+    assert images.shape == (10000, 28, 28, 1)
+    labels[0] = 1  # 999 of class 0, 1001 of class 1
+    _write_idx(str(idx_folder / "t10k-labels-idx1-ubyte"), labels, compress=False)
+    with pytest.raises(ValueError, match="class counts"):
+        data.load_idx("fashion_mnist", "test", str(idx_folder))
+
+
+def _idx_headers_only(folder, counts):
+    """IDX files with only their headers (enough for the manual_dir check, nothing more)."""
+    for split, (image_file, label_file) in data._IDX_FILES.items():
+        with open(folder / image_file, "wb") as f:
+            f.write(struct.pack(">BBBBIII", 0, 0, 8, 3, counts[split], 28, 28))
+        with open(folder / label_file, "wb") as f:
+            f.write(struct.pack(">BBBBI", 0, 0, 8, 1, counts[split]))
+
+
+class _FakeBuilder:
+    """Stands in for a TFDS builder: records the download config, never downloads."""
+
+    def __init__(self):
+        self.download_config = "not called"
+
+    def download_and_prepare(self, download_config=None):
+        self.download_config = download_config
+
+    def as_dataset(self, split, as_supervised):
+        import tensorflow as tf
+
+        images = np.zeros((3, 28, 28, 1), np.uint8)
+        return tf.data.Dataset.from_tensor_slices((images, np.arange(3)))
+
+
+def test_tfds_manual_dir_is_checked_before_tfds_is_asked(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    builder = _FakeBuilder()
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: builder)
+    kwargs = dict(source="tfds", data_dir=str(tmp_path / "tfds"), batch_size=4)
+    with pytest.raises(ValueError, match="not a folder"):
+        data.load_dataset("fashion_mnist", "train", manual_dir=str(tmp_path / "missing"), **kwargs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="lacks the IDX files"):
+        data.load_dataset("fashion_mnist", "train", manual_dir=str(empty), **kwargs)
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    _idx_headers_only(partial, {"train": 30, "test": 20})
+    with pytest.raises(ValueError, match="30 examples, but TFDS builds fashion_mnist only from the complete"):
+        data.load_dataset("fashion_mnist", "train", manual_dir=str(partial), **kwargs)
+    assert builder.download_config == "not called"  # every bad folder was refused before TFDS
+    complete = tmp_path / "complete"
+    complete.mkdir()
+    _idx_headers_only(complete, {"train": 60000, "test": 10000})
+    x, y = next(iter(data.load_dataset("fashion_mnist", "test", manual_dir=str(complete), **kwargs)))
+    assert builder.download_config.manual_dir == str(complete)
+    assert x.dtype.name == "float32" and y.dtype.name == "int32" and x.shape == (3, 28, 28, 1)
+
+
+def test_repeat_makes_an_endless_reshuffled_stream_of_whole_epochs(idx_folder):
+    ds = data.load_dataset("fashion_mnist", "train", batch_size=10, data_dir=str(idx_folder), repeat=True, seed=1)
+    import tensorflow as tf
+
+    assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
+    images, _ = data.load_idx("fashion_mnist", "train", str(idx_folder))
+    batches = list(ds.take(9))  # three epochs of 30
+    epochs = [np.concatenate([b[0].numpy() for b in batches[3 * e : 3 * e + 3]]) for e in range(3)]
+    flat = images.reshape(30, -1) / 255.0
+    for epoch in epochs:  # each epoch holds every image exactly once
+        order = [int(np.argmin(np.abs(flat - image.reshape(-1)).sum(1))) for image in epoch]
+        assert sorted(order) == list(range(30))
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+    assert sum(1 for _ in data.load_dataset("fashion_mnist", "train", batch_size=10, data_dir=str(idx_folder))) == 3
