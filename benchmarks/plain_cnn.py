@@ -26,6 +26,7 @@ STUDY = (
     + [("plain", v, 0.3, 5, 0) for v in ("ncg", "dbp", "probs", "clip", "uniform")]
     + [(m, "ncg", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [("plain", "ncg_dbp", 0.3, 10, s) for s in (1, 0)]
     + [(m, "paper", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "paper", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
 )
@@ -56,7 +57,7 @@ def identify(saved):
     method = saved["method"]
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     defaults = dict(PRESETS["paper"], linearity_clip=None)
-    for variant in ("ncg", "dbp", "probs", "clip", "uniform", "paper"):
+    for variant in ("ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform", "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
         if all(method.get(k, defaults.get(k)) == v for k, v in wanted.items()):

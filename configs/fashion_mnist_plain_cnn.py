@@ -8,7 +8,7 @@
 
 The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's settings, preset
 "paper", except the one option named): "defaults" (SEATModel's defaults), "paper",
-"ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "probs" (margin on
+"ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "ncg_dbp" (both), "probs" (margin on
 probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
@@ -25,6 +25,7 @@ VARIANTS = {
     "paper": dict(preset="paper"),
     "ncg": dict(preset="paper", clean_loss_gradient=False),
     "dbp": dict(preset="paper", double_backprop=True),
+    "ncg_dbp": dict(preset="paper", clean_loss_gradient=False, double_backprop=True),
     "probs": dict(preset="paper", margin_on="probs"),
     "clip": dict(preset="paper", linearity_clip=1.0),
     "uniform": dict(preset="paper", init="uniform"),
