@@ -827,6 +827,16 @@ class DivergenceGuard(keras.callbacks.Callback):
                 return True
         return False
 
+    def _log_flag(self, logs, epoch, value):
+        """Logs `diverged` (0/1) from the first event on, so a healthy run's progress line and
+        history carry no internal 0; the history's earlier epochs are filled with 0 then, so
+        history["diverged"][i] is epoch i's flag."""
+        history = getattr(getattr(self.model, "history", None), "history", None)
+        if isinstance(history, dict):
+            flags = history.setdefault("diverged", [])
+            flags.extend([0.0] * max(0, epoch - len(flags)))
+        logs["diverged"] = value
+
     def on_train_batch_end(self, batch, logs=None):
         if not self._early_check(logs or {}, f"epoch {self._epoch}, batch {batch + 1}"):
             self._trained_since_act = True
@@ -834,12 +844,13 @@ class DivergenceGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         if self._acted or self._early_check(logs, f"epoch {epoch + 1}"):
-            logs["diverged"] = 1.0
+            self._log_flag(logs, epoch, 1.0)
             return
         key = self._key(logs)
         value = logs.get(key)
         diverged = value is not None and self._best is not None and float(value) > self.factor * self._best
-        logs["diverged"] = float(diverged)
+        if diverged or self.events:
+            self._log_flag(logs, epoch, float(diverged))
         if diverged:
             self._act(f"{key} {float(value):.4g} at epoch {epoch + 1} exceeds {self.factor}x its best {self._best:.4g}")
         elif value is not None and math.isfinite(float(value)) and (

@@ -402,7 +402,7 @@ def _guarded_fit(values, **guard_kwargs):
 
 def test_divergence_guard_stays_silent_on_a_healthy_run():
     model, guard, history, _ = _guarded_fit([0.3, 0.25, 0.27, 0.24])
-    assert guard.events == [] and history["diverged"] == [0.0] * 4
+    assert guard.events == [] and "diverged" not in history  # nothing logged while healthy
     assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
 
 
