@@ -199,15 +199,12 @@ def diagnose(argv):
     return 0
 
 
-# `seat-tf tune`: the code and its own flags live in tuning/search.py (importing it defines
-# them); it shares --config, --verbose and --overwrite defined above.
-from tuning import search as _tuning_search  # noqa: E402
-
-
 @command
 def tune(argv):
     """KerasTuner search over SEAT's lam and flood level, then PGD-50-10 of the best trial."""
-    return _tuning_search.tune(argv)
+    from seat_tf.tuning import search  # its flags were defined when the command line was parsed
+
+    return search.tune(argv)
 
 
 @command
@@ -283,7 +280,12 @@ def main(argv):
 
 
 def _parse_flags(argv):
-    """absl's flag parsing, with flag and config-file errors as one line and exit code 2."""
+    """absl's flag parsing, with flag and config-file errors as one line and exit code 2.
+    `tune`'s own flags exist only on its command line (importing seat_tf.tuning.search
+    defines them), so the other commands neither import the tuner nor list its flags."""
+    if len(argv) > 1 and argv[1] == "tune":
+        from seat_tf.tuning import search  # noqa: F401
+
     try:
         return FLAGS(argv)
     except Exception as error:  # noqa: BLE001 - flags.Error, or whatever a config file raised

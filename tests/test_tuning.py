@@ -16,8 +16,8 @@ import pytest
 
 from configs import fashion_mnist_seat
 from seat_tf.training import SEATModel
-from tuning import hypermodel as hm
-from tuning import search
+from seat_tf.tuning import hypermodel as hm
+from seat_tf.tuning import search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
