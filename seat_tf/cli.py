@@ -173,7 +173,7 @@ def diagnose(argv):
     if FLAGS.num_examples < 1:
         raise app.UsageError(f"--num_examples must be >= 1, got {FLAGS.num_examples}.")
     import seat_tf  # noqa: F401  (after the flag checks: a usage error should not wait for TensorFlow)
-    from seat_tf import data, diagnostics, fileio
+    from seat_tf import data, diagnostics, fileio, reporting
 
     with errors.usage_errors():
         test = data.load_dataset(FLAGS.dataset, "test", FLAGS.num_examples, limit=FLAGS.num_examples, shuffle=False)
@@ -191,7 +191,7 @@ def diagnose(argv):
               f"Lipschitz [{r['lipschitz']['lower']['mean']:.4g}, {r['lipschitz']['upper']['mean']:.4g}]  "
               f"boundary distortion {r['boundary']['distortion']:.3f}")
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    plots = diagnostics.write_plots(results, FLAGS.workdir)
+    plots = reporting.write_plots(results, FLAGS.workdir)
     output = {"dataset": FLAGS.dataset, "eps": FLAGS.eps, "models": dict(zip(_model_names(paths), paths)),
               "results": results, "plots": {k: os.path.basename(v) for k, v in plots.items()}}
     fileio.write_json_atomic(output, os.path.join(FLAGS.workdir, "diagnostics.json"))

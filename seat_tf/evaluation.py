@@ -34,8 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks as attacks_lib
-from seat_tf import fileio
-from seat_tf import precision
+from seat_tf import fileio, precision, reporting
 from seat_tf.data import check_batch, check_labels, model_expectations
 
 LARGE_EPS = 0.5
@@ -612,29 +611,6 @@ def format_report(result, title="Robustness report", plot_name=None):
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_eps(sweep, path, eps=None, title=None):
-    """Saves robust accuracy against eps (one line per attack) as a PNG (atomic write)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, accuracy in sweep["accuracy"].items():
-        ax.plot(sweep["eps"], accuracy, marker="o", label=name)
-    if eps is not None:
-        ax.axvline(eps, color="gray", linestyle="--", linewidth=1, label=f"eps = {eps:g}")
-    ax.set_xlabel("eps (L-inf, [0, 1] scale)")
-    ax.set_ylabel("robust accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or f"Robust accuracy vs eps (first {sweep['num_examples']} examples)")
-    fig.tight_layout()
-    fileio.save_figure_atomic(fig, path)
-    plt.close(fig)
-
-
 def write_report(result, outdir, title="Robustness report"):
     """Writes report.json, report.md and (if the result has a sweep) robust_accuracy_vs_eps.png
     into outdir, each atomically. Returns the paths written."""
@@ -644,7 +620,7 @@ def write_report(result, outdir, title="Robustness report"):
     if "sweep" in result:
         plot_name = "robust_accuracy_vs_eps.png"
         paths["png"] = os.path.join(outdir, plot_name)
-        plot_accuracy_vs_eps(result["sweep"], paths["png"], eps=result["eps"])
+        reporting.plot_accuracy_vs_eps(result["sweep"], paths["png"], eps=result["eps"])
     fileio.write_json_atomic(result, paths["json"])
     fileio.write_text_atomic(format_report(result, title=title, plot_name=plot_name), paths["md"])
     return paths

@@ -384,7 +384,7 @@ def run(config, workdir, strategy=None, verbose=2, evaluate=True, callbacks=()):
 
 
 def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, strategy, verbose, evaluate):
-    from seat_tf import diagnostics, evaluation
+    from seat_tf import evaluation, reporting
 
     train_ds, test_ds, val_ds = datasets
     os.makedirs(outdir, exist_ok=True)
@@ -411,7 +411,7 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
     if not worker.is_chief:
         print(f"Worker {worker.task_type}-{worker.task_id} done; the chief evaluates and writes the report.")
         return result
-    diagnostics.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
+    reporting.plot_training_history(history_dict, os.path.join(workdir, "training_curves.png"))
     if not evaluate:
         return result
 
@@ -432,12 +432,12 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
 
 def report_monitors(monitors, workdir):
     """Prints (and plots) what the monitors saw; returns the DivergenceGuard's events."""
-    from seat_tf import diagnostics
+    from seat_tf import diagnostics, reporting
 
     divergence = []
     for monitor in monitors:
         if isinstance(monitor, diagnostics.CatastrophicOverfittingMonitor) and monitor.records:
-            diagnostics.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
+            reporting.plot_monitor_history(monitor.records, os.path.join(workdir, "co_monitor.png"))
             when = f"at epoch {monitor.collapsed_epoch}" if monitor.collapsed_epoch else "in no epoch"
             print(f"Catastrophic-overfitting monitor: collapse {when}; see {os.path.join(workdir, 'co_monitor.json')}")
         if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.events:

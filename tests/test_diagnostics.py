@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import seat_tf
-from seat_tf import diagnostics, precision
+from seat_tf import diagnostics, precision, reporting
 
 
 def _points(shape=(4, 3, 3, 1), seed=0):
@@ -362,7 +362,7 @@ def test_diagnose_and_plots(make_tiny_cnn, toy_data, tmp_path):
     assert np.asarray(result["input_landscape"]["first_example"]).shape == (5, 5)
     assert np.asarray(result["weight_landscape"]["losses_2d"]).shape == (3, 3)
     assert result["boundary"]["accuracy"][0] == pytest.approx(result["clean_accuracy"])
-    paths = diagnostics.write_plots({"a": result, "b": result}, str(tmp_path))
+    paths = reporting.write_plots({"a": result, "b": result}, str(tmp_path))
     for path in paths.values():
         assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in paths.values())

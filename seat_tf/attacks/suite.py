@@ -17,7 +17,7 @@ and deterministic for a given seed.
 
 import dataclasses
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import tensorflow as tf
 
