@@ -204,7 +204,8 @@ def load_keras_model(path, safe_mode=True, compile=True):
 
     import keras
 
-    import seat_tf.training  # noqa: F401  (registers the seat_tf model classes)
+    # The seat_tf model classes are registered for deserialization by `import seat_tf`, which
+    # any import of this module has already run (seat_tf/__init__.py imports seat_tf.training).
 
     path = os.fspath(path)
     if not os.path.exists(path):
