@@ -18,7 +18,8 @@ live here, and only here, so they are easy to delete once Keras fixes them.
    folder inside backup_dir, restores every worker from the chief's copy when it can read
    it (shared storage) so all resume at the same epoch, and writes via temp file + rename.
 
-`apply()` installs fixes 1 and 2 for Keras 3 (`AFFECTED`); it is idempotent, returns the
+`apply()` installs fixes 1 and 2 for Keras 3 (`AFFECTED`); `distribute.make_strategy` and
+every `AdversarialModel.fit` call it (so a user's own MirroredStrategy works too); it is idempotent, returns the
 names of the fixes it installed, and leaves other versions (and a Keras whose internals have
 moved) untouched. Tested by tests/test_distribute.py: a 2-worker fit on localhost, an
 uneven first batch under MirroredStrategy, and the backup folder rules.

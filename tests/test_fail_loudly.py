@@ -343,3 +343,62 @@ def test_second_train_on_a_busy_workdir_is_refused(cli, tmp_path, fake_fmnist_np
     assert result.returncode == 1 and "is in use by process" in _last_line(result.stderr), result.stderr[-2000:]
     assert sorted(os.listdir(workdir)) == [fileio.LOCK_NAME]
 
+
+MIRRORED_WEIGHTED_JOB = r'''
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import seat_tf
+from tests.conftest import linear_classifier
+
+rng = np.random.default_rng(3)
+W, b = rng.normal(size=(16, 3)) * 0.5, rng.normal(size=3) * 0.1
+x = rng.uniform(size=(15, 4, 4, 1)).astype(np.float32)  # 15 splits 8 / 7 over two replicas
+y = rng.integers(0, 3, 15).astype(np.int32)
+w = rng.uniform(0, 3, 15).astype(np.float32)
+w[8:11] = 0.0
+
+
+def step(strategy, lr, method="seat", **kwargs):
+    with strategy.scope():
+        model = seat_tf.get_method(method)(linear_classifier(W, b, (4, 4, 1)), val_attack=None, seed=1, **kwargs)
+        model.compile(optimizer=keras.optimizers.SGD(lr))
+    data = tf.data.Dataset.from_tensor_slices((x, y, w)).batch(15)
+    history = model.fit(data, epochs=1, verbose=0).history
+    return [v.tolist() for v in model.classifier.get_weights()], history["loss"][0]
+
+
+single = tf.distribute.get_strategy()
+mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+out = {}
+for name, kwargs in {"seat": dict(method="seat", epsilon=0.1, lam=0.5),
+                     "seat_batch_flooded": dict(method="seat", epsilon=0.1, reduction="batch", flood_level=2.0),
+                     "trades": dict(method="trades", epsilon=0.1, steps=2)}.items():
+    w1, l1 = step(single, 0.5, **kwargs)
+    w2, l2 = step(mirrored, 0.5, **kwargs)
+    out[name] = dict(weights=max(float(np.abs(np.array(a) - np.array(c)).max()) for a, c in zip(w1, w2)),
+                     loss=abs(l1 - l2))
+_, out["eps0_loss"] = step(mirrored, 0.0, method="fgsm_at", epsilon=0.0)
+logits = x.reshape(15, -1) @ W + b
+logits = logits - logits.max(1, keepdims=True)
+ce = np.log(np.exp(logits).sum(1)) - logits[np.arange(15), y]
+out["closed_form"] = float(np.sum(w * ce) / np.sum(w))
+print(json.dumps(out))
+'''
+
+
+def test_weighted_objectives_are_global_batch_means_under_mirrored_strategy(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(MIRRORED_WEIGHTED_JOB)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=ROOT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["eps0_loss"] == pytest.approx(out["closed_form"], rel=1e-5)
+    for name in ("seat", "seat_batch_flooded", "trades"):
+        assert out[name]["weights"] < 1e-5 and out[name]["loss"] < 1e-5, (name, out[name])

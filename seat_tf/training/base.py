@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attacks, losses, precision
+from seat_tf import attacks, keras_compat, losses, precision
 from seat_tf.data import DataError, check_batch, check_dataset_head, check_labels, model_expectations  # noqa: F401
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
@@ -205,6 +205,9 @@ class AdversarialModel(keras.Model):
             guards = [DivergenceGuard(action="stop")]
             callbacks.insert(0, guards[0])
         self.divergence_guard_callback = guards[0] if guards else None
+        # Keras 3 fit fails under a user's own MirroredStrategy when a batch splits unevenly
+        # over the replicas (seat_tf.keras_compat, fix 1); idempotent, version-guarded.
+        keras_compat.apply()
         return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
