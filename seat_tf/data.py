@@ -18,6 +18,17 @@ import struct
 import numpy as np
 import tensorflow as tf
 
+# The validation layer, re-exported: seat_tf.data.check_batch etc. are the public names.
+from seat_tf.validation import (  # noqa: F401
+    DataError,
+    check_batch,
+    check_dataset_head,
+    check_images,
+    check_labels,
+    label_checker,
+    model_expectations,
+)
+
 DATASETS = {
     # name: (image shape, number of classes, test split name in TFDS)
     "mnist": ((28, 28, 1), 10, "test"),
@@ -227,121 +238,6 @@ def _check_manual_dir(name, manual_dir):
                                  f"original files ({expected} in the {split} split).")
 
 
-# -- validation: every path data enters goes through these ------------------------------------
-
-
-class DataError(ValueError):
-    """Input data that cannot be what the model expects: labels out of range or not integer,
-    images outside [0, 1] or of the wrong shape. The CLI reports it as a usage error (exit 2)."""
-
-
-def check_labels(labels, num_classes=None, name="labels"):
-    """Raises DataError unless `labels` are integer class ids of shape [N] (or [N, 1]) in
-    [0, num_classes) (just >= 0 if num_classes is None). NumPy arrays or eager tensors."""
-    y = np.asarray(labels)
-    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
-        raise DataError(
-            f"{name}: Labels must be integer class ids of shape [batch], got shape {y.shape} "
-            "(one-hot labels? use tf.argmax(y, axis=-1))."
-        )
-    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
-        raise DataError(f"{name}: Labels must be integer class ids, got dtype {y.dtype}.")
-    if not np.issubdtype(y.dtype, np.integer) and y.size and not np.all(np.equal(np.mod(y, 1), 0)):
-        raise DataError(f"{name}: Labels must be integer class ids, got non-integer values of dtype {y.dtype}.")
-    if not y.size:
-        return
-    low, high = y.min(), y.max()
-    if num_classes is not None and (low < 0 or high >= num_classes):
-        raise DataError(
-            f"{name}: Labels must lie in [0, {num_classes}) for a model with {num_classes} classes, got values in "
-            f"[{low:g}, {high:g}]."
-        )
-    if low < 0:
-        raise DataError(f"{name}: Labels must be class ids >= 0, got a minimum of {low:g}.")
-
-
-def check_images(images, name="images", allow_uint8=False, input_shape=None):
-    """Raises DataError unless `images` are floats in [0, 1] (or uint8 0-255 with
-    allow_uint8) of rank 4 [N, H, W, C] (or 3 without channels) matching `input_shape`
-    (H, W, C; None entries match anything) if given."""
-    x = np.asarray(images)
-    if x.ndim not in (3, 4):
-        raise DataError(
-            f"{name}: Expected a batch of images of rank 4 [batch, height, width, channels] (or 3 without "
-            f"channels), got shape {x.shape}. Batch your tf.data pipeline with .batch(n)."
-        )
-    if input_shape is not None:
-        expected = tuple(input_shape)
-        got = tuple(x.shape[1:]) if x.ndim == 4 else tuple(x.shape[1:]) + (1,)
-        if len(expected) != len(got) or any(e is not None and e != g for e, g in zip(expected, got)):
-            raise DataError(f"{name}: The model expects images of shape {expected}, got {tuple(x.shape[1:])}.")
-    if allow_uint8:
-        if x.dtype == np.uint8:
-            return
-        if not np.issubdtype(x.dtype, np.floating) or (x.size and not (0 <= x.min() and x.max() <= 1)):
-            raise DataError(f"{name}: Images must be uint8 (0-255) or float in [0, 1]; got {x.dtype} in "
-                            f"[{x.min() if x.size else ''}, {x.max() if x.size else ''}].")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise DataError(
-            f"{name}: Images must be floats in [0, 1], got dtype {x.dtype}. Convert with "
-            "tf.cast(images, tf.float32) / 255."
-        )
-    if x.size:
-        low, high = x.min(), x.max()
-        if not (np.isfinite(low) and np.isfinite(high)):
-            raise DataError(f"{name}: Images hold NaN or infinite values.")
-        if low < 0.0 or high > 1.0:
-            hint = " They look like 0-255 pixel values: divide by 255." if 1.0 + 1e-6 < high <= 255 else ""
-            raise DataError(f"{name}: Images must lie in [0, 1], got values in [{low:.4g}, {high:.4g}].{hint}")
-
-
-def check_batch(x, y=None, num_classes=None, input_shape=None, name="batch"):
-    """Raises DataError (a ValueError) with a useful message unless a batch is float images in
-    [0, 1] (matching `input_shape` if given) with integer labels in [0, num_classes)."""
-    check_images(x, name, input_shape=input_shape)
-    if y is None:
-        return
-    check_labels(y, num_classes, name)
-    if np.asarray(y).shape[0] != np.asarray(x).shape[0]:
-        raise DataError(f"{name}: {np.asarray(x).shape[0]} images but {np.asarray(y).shape[0]} labels.")
-
-
-def model_expectations(model):
-    """(num_classes, input image shape) a Keras classifier expects, each None if unknown."""
-    classifier = getattr(model, "classifier", model)
-    num_classes = input_shape = None
-    try:
-        if classifier.outputs:
-            num_classes = classifier.outputs[0].shape[-1]
-        if classifier.inputs and len(classifier.inputs[0].shape) == 4:
-            input_shape = tuple(classifier.inputs[0].shape[1:])
-    except (AttributeError, ValueError):
-        pass
-    return (int(num_classes) if num_classes else None), input_shape
-
-
-def check_dataset_head(dataset, num_classes=None, input_shape=None, name="dataset"):
-    """Checks the first batch of a tf.data pipeline of (images, labels[, weights])."""
-    spec = dataset.element_spec
-    if not isinstance(spec, tuple) or len(spec) < 2:
-        raise DataError(f"{name}: the dataset must yield (images, labels) pairs, got element_spec {spec}.")
-    for element in dataset.take(1):
-        check_batch(element[0].numpy(), element[1].numpy(), num_classes, input_shape, name)
-
-
-def _label_checker(num_classes, name):
-    """A tf.data map function asserting labels in [0, num_classes) (for streamed sources)."""
-
-    def check(image, label):
-        label = tf.cast(label, tf.int64)
-        in_range = tf.logical_and(label >= 0, label < num_classes)
-        message = f"{name}: a label lies outside [0, {num_classes}):"
-        with tf.control_dependencies([tf.debugging.Assert(in_range, [message, label])]):
-            return image, tf.identity(label)
-
-    return check
-
-
 # -- the pipeline -----------------------------------------------------------------------------------
 
 
@@ -463,7 +359,7 @@ def load_dataset(
         if limit:
             dataset = dataset.take(limit)
         if num_classes:
-            dataset = dataset.map(_label_checker(num_classes, f"{name} ({split})"))
+            dataset = dataset.map(label_checker(num_classes, f"{name} ({split})"))
         size = None
     else:
         images, labels = load_arrays(name, split, data_dir, source)

@@ -50,7 +50,7 @@ def message(error):
 
 
 def exit_code(error):
-    from seat_tf.data import DataError
+    from seat_tf.validation import DataError
 
     if isinstance(error, (app.UsageError, DataError)):
         return USAGE

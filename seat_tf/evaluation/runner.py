@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from seat_tf import attacks as attacks_lib
 from seat_tf import precision
-from seat_tf.data import check_batch, check_labels, model_expectations
+from seat_tf.validation import check_batch, check_labels, model_expectations
 
 
 def attack_kind(attack):

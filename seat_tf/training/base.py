@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks, keras_compat, losses, precision
-from seat_tf.data import DataError, check_batch, check_dataset_head, check_labels, model_expectations  # noqa: F401
+from seat_tf.validation import DataError, check_batch, check_dataset_head, check_labels, model_expectations  # noqa: F401
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
 CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
