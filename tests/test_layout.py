@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first. A module may import modules of lower layers (and of its own package).
 LAYERS = [
-    {"losses", "precision", "fileio", "schedules", "keras_compat", "models", "validation"},
+    {"losses", "precision", "fileio", "schedules", "keras_compat", "models", "validation", "defaults"},
     {"data", "attacks"},
     {"errors", "reporting", "diagnostics", "distribute"},
     {"training", "evaluation"},
