@@ -467,7 +467,75 @@ def test_distribute_speed_benchmark_writes_ratios_and_plot(tmp_path):
     assert os.path.getsize(os.path.join(out, "distribute_speed.png")) > 1000
 
 
-JOBS = {"mirrored": _mirrored_job}
+# -- SEAT's |batch mean| attack under MirroredStrategy uses the global batch's sign -----------
+
+
+def _batch_attack_job():
+    """Two logical CPUs. SEAT's reduction="batch" attack, once on one device and once split
+    over two replicas, on a batch whose halves have linearity residuals of opposite mean sign
+    (a clean-loss offset per example; any clean pass is an input of perturb). Returns the max
+    difference of the adversarial images and the per-half residual means."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+
+    import seat_tf
+    from seat_tf import losses
+    from seat_tf.training.base import CleanPass
+    from tests.conftest import linear_classifier
+
+    rng = np.random.default_rng(5)
+    W, b = rng.normal(size=(16, 3)) * 2.0, np.zeros(3)
+    x = rng.uniform(0.3, 0.7, (8, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 8).astype(np.int32)
+    offset = np.array([-3.0] * 4 + [1.0] * 4, np.float32)  # half 0: residuals > 0, half 1: < 0
+
+    def build():
+        model = seat_tf.SEATModel(linear_classifier(W, b, (4, 4, 1)), epsilon=0.1, lam=5.0, reduction="batch",
+                                  rel_step_size=2.0, val_attack=None, seed=3)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    def attack(model, x_r, y_r, offset_r):
+        x_r = tf.convert_to_tensor(x_r)
+        with tf.GradientTape() as tape:
+            tape.watch(x_r)
+            logits = model.classify(x_r, training=True)
+            loss = losses.cross_entropy(y_r, logits)
+        clean = CleanPass(logits, loss + offset_r, tape.gradient(loss, x_r))
+        x_adv = model.perturb(x_r, y_r, tf.constant(0.1), clean)
+        start_residual = losses.linearity_residual(losses.cross_entropy(y_r, model.classify(x_adv, training=True)),
+                                                   clean.loss, x_adv - x_r, clean.grad)
+        return x_adv, start_residual
+
+    single_adv, residual = attack(build(), x, y, offset)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = build()
+
+    def part(context, array):
+        i = context.replica_id_in_sync_group
+        return tf.constant(array[i * 4:(i + 1) * 4])
+
+    inputs = [strategy.experimental_distribute_values_from_function(lambda c, a=a: part(c, a)) for a in (x, y, offset)]
+    results = strategy.run(lambda *args: attack(model, *args)[0], args=tuple(inputs))
+    mirrored_adv = np.concatenate([t.numpy() for t in strategy.experimental_local_results(results)])
+    residual = residual.numpy()
+    return dict(max_diff=float(np.abs(mirrored_adv - single_adv.numpy()).max()),
+                half_means=[float(residual[:4].mean()), float(residual[4:].mean())])
+
+
+def test_batch_reduction_attack_takes_the_global_batch_sign_under_two_replicas():
+    result = _run_job("batch_attack")
+    # The halves' residual means (at the adversarial points) differ in sign, so a replica-local
+    # sign moves some pixels the other way (0.2 = two steps of eps apart under the old code).
+    assert result["half_means"][0] * result["half_means"][1] < 0, result
+    assert result["max_diff"] < 1e-6, result
+
+
+JOBS = {"mirrored": _mirrored_job, "batch_attack": _batch_attack_job}
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)

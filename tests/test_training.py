@@ -113,6 +113,7 @@ def test_bad_inputs_raise_clear_errors(make_tiny_cnn, toy_data, x_fn, y_fn, mess
         (dict(init="gaussian"), "init"),
         (dict(reduction="sum"), "reduction"),
         (dict(attack_loss="kl"), "attack_loss"),
+        (dict(reduction="batch", linearity_clip=1.0), "cannot be combined"),
     ],
 )
 def test_bad_hyperparameters_raise(make_tiny_cnn, kwargs, message):

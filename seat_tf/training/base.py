@@ -230,6 +230,11 @@ class AdversarialModel(keras.Model):
         _STEP.weighted_reduction = True
         return tf.math.divide_no_nan(tf.reduce_sum(weights * values), _replica_sum(tf.reduce_sum(weights)))
 
+    def global_mean(self, values):
+        """Value of the global-batch mean of `values` [B] (all-reduced, no gradient): the same
+        on every replica, as on one device."""
+        return _replica_sum(tf.stop_gradient(self.batch_mean(values)))
+
     def abs_of_batch_mean(self, values, offset=0.0):
         """Share of |mean(values) - offset| over the global batch, with the right gradient.
 

@@ -105,6 +105,9 @@ class SEATModel(AdversarialModel):
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
         if linearity_clip is not None and linearity_clip <= 0:
             raise ValueError(f"linearity_clip must be > 0 or None, got {linearity_clip}.")
+        if linearity_clip is not None and reduction == "batch":
+            raise ValueError("linearity_clip clips each example's |residual|; reduction='batch' takes |mean residual| "
+                             "over the batch, so the two cannot be combined.")
         self.lam = float(lam)
         self.flood_level = None if flood_level is None else float(flood_level)
         self.step_size = step_size
@@ -164,8 +167,9 @@ class SEATModel(AdversarialModel):
             residual = losses.linearity_residual(losses.cross_entropy(y, logits), clean.loss, x_adv - x, clean.grad)
             if self.reduction == "batch":
                 # Gradient of |mean residual| (the authors' form): each example's residual
-                # with the batch's sign. Signed steps make the 1/B factor irrelevant.
-                linearity = residual * tf.stop_gradient(tf.sign(tf.reduce_mean(residual)))
+                # with the sign of the *global* batch's mean, the mean the objective takes, so a
+                # replica attacks as one device would. Signed steps make 1/B irrelevant.
+                linearity = residual * tf.sign(self.global_mean(residual))
             else:
                 linearity = tf.abs(residual)
             return self._attack_score(y, logits) + lam * linearity
