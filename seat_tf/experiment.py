@@ -6,7 +6,6 @@ seat_tf.defaults) into datasets, a model, an optimizer and callbacks (`build_*`)
 
 import functools
 import json
-import math
 import os
 import time
 
@@ -14,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import data, distribute, fileio, models, precision
+from seat_tf import data, distribute, fileio, models, precision, validation
 from seat_tf.defaults import (  # noqa: F401  (configs import these from here)
     CIFAR10_METHODS,
     base_config,
@@ -49,8 +48,7 @@ def validate(config):
         raise ValueError(f"Unknown schedule {config.optimizer.schedule!r}; choose 'cyclic' or 'constant'.")
     precision.check_policy(config.get("mixed_precision"))
     epsilon = config.method.epsilon
-    if not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon < 0 or epsilon > 1:
-        raise ValueError(f"method.epsilon must be a number in [0, 1] (pixel scale), got {epsilon!r}.")
+    validation.check_eps(epsilon, "method.epsilon")
     _check_method_arguments(config)
     diag = config.get("diagnostics")
     if diag is not None and (diag.get("linearity_monitor") or diag.get("co_monitor")):

@@ -6,6 +6,20 @@ import numpy as np
 import tensorflow as tf
 
 
+def check_eps(eps, name="eps", positive=False):
+    """Raises ValueError unless `eps` is a finite number in [0, 1] ((0, 1] with `positive`):
+    an L-inf radius in the [0, 1] pixel scale (8/255 for CIFAR-10, not 8). The one eps rule."""
+    import math
+
+    low = "(0" if positive else "[0"
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        raise ValueError(f"{name} must be a number in {low}, 1] (pixel scale, e.g. 8/255), got {eps!r}.")
+    if eps > 1:
+        raise ValueError(f"{name}={eps} exceeds the [0, 1] image range; write 8/255, not 8.")
+    if eps < 0 or (positive and eps == 0):
+        raise ValueError(f"{name} must be a number in {low}, 1] (pixel scale, e.g. 8/255), got {eps!r}.")
+
+
 class DataError(ValueError):
     """Input data that cannot be what the model expects: labels out of range or not integer,
     images outside [0, 1] or of the wrong shape. The CLI reports it as a usage error (exit 2)."""

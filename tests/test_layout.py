@@ -55,3 +55,30 @@ def test_no_private_names_cross_module_boundaries():
     private = [(path, target, name) for unit, target, names, path in _imports()
                for name in names if name.startswith("_") and target != unit]
     assert not private, private
+
+
+def test_one_eps_rule_everywhere(make_tiny_cnn):
+    """The model, the experiment config, the evaluation and the diagnostics share one eps rule
+    (seat_tf.validation.check_eps): a radius written in 0-255 units is refused by each."""
+    import pytest
+
+    import seat_tf
+    from seat_tf import diagnostics, experiment
+    from seat_tf.validation import check_eps
+
+    for bad in (8, -0.1, float("nan"), "0.1", True):
+        with pytest.raises(ValueError):
+            check_eps(bad)
+    check_eps(0.0)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        check_eps(0.0, positive=True)
+    with pytest.raises(ValueError, match="write 8/255"):
+        seat_tf.SEATModel(make_tiny_cnn(), epsilon=8)
+    config = experiment.base_config()
+    config.method.epsilon = 8.0
+    with pytest.raises(ValueError, match="write 8/255"):
+        experiment.validate(config)
+    with pytest.raises(ValueError, match="write 8/255"):
+        seat_tf.evaluate(make_tiny_cnn(), None, eps=8.0)
+    with pytest.raises(ValueError, match="write 8/255"):
+        diagnostics.check_eps(8.0)

@@ -10,13 +10,12 @@ on closed-form losses; all projected steps run on the one attack engine.
     diagnose                all of them on one model
 """
 
-import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from seat_tf import attacks, losses, precision
+from seat_tf import attacks, losses, precision, validation
 
 # -- helpers --------------------------------------------------------------------------------
 
@@ -43,8 +42,8 @@ def _sup_norm(delta):
 
 
 def check_eps(eps):
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0 or eps > 1:
-        raise ValueError(f"eps must be a number in (0, 1] (pixel scale, e.g. 8/255), got {eps!r}.")
+    """Measurements need a ball: eps in (0, 1] (seat_tf.validation.check_eps)."""
+    validation.check_eps(eps, positive=True)
 
 
 def as_images(x, name="x"):

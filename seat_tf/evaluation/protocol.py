@@ -1,12 +1,12 @@
 """`evaluate`: the evaluation protocol (correct examples only, composites stage by stage,
 the eps sweep) over the runner, with the sanity checks."""
 
-import math
 import time
 
 import numpy as np
 
 from seat_tf.evaluation.runner import Entry, Runner, attack_kind, parse_spec
+from seat_tf.validation import check_eps
 from seat_tf.evaluation.sanity import entry_accuracy, entry_summary, sanity_checks, sanity_entries
 
 
@@ -46,8 +46,7 @@ def evaluate(
       {fooling_rate, median_l2, ...}}, worst_case_accuracy (robust only if no attack fooled it,
       on the first worst_case_num_examples examples), sanity_checks, sanity_passed[, sweep].
     """
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or not 0 <= eps <= 1:
-        raise ValueError(f"eps must be a number in [0, 1] (pixel scale, e.g. 8/255), got {eps!r}.")
+    check_eps(eps)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}.")
     if isinstance(attacks, str):
@@ -141,8 +140,8 @@ def _sweep(runner, dataset, main, eps_values, attack_specs, limit, verbose):
         if any(attack_kind(a) == "l2" for _, a in parsed):
             raise ValueError("Minimal-perturbation attacks (DeepFool, CW-L2) have no eps to sweep.")
     eps_values = sorted(float(e) for e in eps_values)
-    if any(not 0 <= e <= 1 for e in eps_values):
-        raise ValueError(f"Sweep eps values must lie in [0, 1], got {eps_values}.")
+    for value in eps_values:
+        check_eps(value, "sweep eps")
     sweep = {"eps": eps_values, "num_examples": None, "accuracy": {key: [] for key, _ in parsed}, "seconds": 0.0}
     start = time.perf_counter()
     for value in eps_values:

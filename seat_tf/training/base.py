@@ -16,7 +16,6 @@ which average over the *global* batch, so the same code is correct on one device
 """
 
 import collections
-import math
 import threading
 
 import keras
@@ -24,7 +23,14 @@ import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks, keras_compat, losses, precision
-from seat_tf.validation import DataError, check_batch, check_dataset_head, check_labels, model_expectations  # noqa: F401
+from seat_tf.validation import (  # noqa: F401
+    DataError,
+    check_batch,
+    check_dataset_head,
+    check_eps,
+    check_labels,
+    model_expectations,
+)
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
 CLEAN_PASSES = (None, "value", "gradient", "differentiable_gradient")
@@ -102,10 +108,7 @@ class AdversarialModel(keras.Model):
         super().__init__(**kwargs)
         if not isinstance(classifier, keras.Model):
             raise ValueError(f"classifier must be a keras.Model mapping images to logits, got {type(classifier)}.")
-        if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon)) or epsilon < 0:
-            raise ValueError(f"epsilon must be a finite number >= 0 (in [0, 1] pixel units), got {epsilon!r}.")
-        if epsilon > 1:
-            raise ValueError(f"epsilon={epsilon} exceeds the [0, 1] image range; write 8/255, not 8.")
+        check_eps(epsilon, "epsilon")
         if epsilon_warmup_steps < 0:
             raise ValueError(f"epsilon_warmup_steps must be >= 0, got {epsilon_warmup_steps}.")
         self.classifier = classifier
