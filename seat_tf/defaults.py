@@ -43,7 +43,7 @@ def base_config():
     config.optimizer = ml_collections.ConfigDict(
         dict(name="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4, schedule="cyclic", peak_fraction=0.4)
     )
-    # Search space of `seat-tf tune` (tuning/hypermodel.py). lam's grid holds the paper's
+    # Search space of `seat-tf tune` (seat_tf/tuning/hypermodel.py). lam's grid holds the paper's
     # {0, 0.1, 0.3, 0.5, 0.7}; flood level 0 means no flooding. A min equal to its max fixes
     # the value; unset learning-rate bounds keep optimizer.learning_rate.
     config.tuning = ml_collections.ConfigDict(
