@@ -35,7 +35,7 @@ no attack, so a variant with more epochs pays no extra evaluation inside its bud
 
 import ml_collections
 
-from seat_tf.experiment import base_config, shrink_for_smoke
+from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
 PGD10_BUDGET_EPOCHS = 5
 
@@ -63,19 +63,13 @@ def get_config(arg="seat"):
         raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)} (optionally ',smoke').")
     if option not in ("", "smoke"):
         raise ValueError(f"Unknown option {option!r} after the variant; only ',smoke' is known.")
-    config = base_config()
+    config = fashion_mnist_adam_config()
     config.variant = variant
     config.budget_scale = 1.0
     # epochs follows budget_scale, also when it is overridden on the command line.
     config.epochs = (config.get_ref("budget_scale") * (PGD10_BUDGET_EPOCHS / VARIANTS[variant][0]) + 1e-9).to_int()
-    config.dataset.name = "fashion_mnist"
     config.dataset.val_limit = 1000
-    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
     config.method = ml_collections.ConfigDict(dict(epsilon=0.2, **VARIANTS[variant][1]))
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.schedule = "cyclic"
     config.optimizer.peak_fraction = 0.3
     config.val_attack = None
     config.eval_attacks = ("pgd50x10@1000", "apgd-ce@1000")

@@ -16,7 +16,7 @@ variant for tests.
 
 import ml_collections
 
-from seat_tf.experiment import base_config, shrink_for_smoke
+from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
 
 # Every method's settings in this comparison (each class's own defaults otherwise).
@@ -48,17 +48,11 @@ def get_config(arg="fgsm_at"):
         raise ValueError(f"Unknown variant {arg!r}; use one of {sorted(METHODS)}, optionally ',benchmark' or ',smoke'.")
     if option not in ("", "benchmark", "smoke"):
         raise ValueError(f"Unknown option {option!r}; use 'benchmark' or 'smoke'.")
-    config = base_config()
+    config = fashion_mnist_adam_config()
     config.epochs = 4
-    config.dataset.name = "fashion_mnist"
     config.dataset.train_limit = 25_600
     config.dataset.test_limit = 2000
     config.dataset.val_limit = 500
-    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.schedule = "cyclic"
     config.val_attack = "pgd10"
     config.eval_attacks = ("fgsm", "pgd20")
     config.diagnostics.linearity_monitor = True

@@ -18,7 +18,7 @@ SEAT itself does.
 
 import ml_collections
 
-from seat_tf.experiment import base_config, shrink_for_smoke
+from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
 VARIANTS = {
     "defaults": {},
@@ -40,20 +40,14 @@ def get_config(arg="plain"):
         raise ValueError(f"Unknown model {model!r}; use 'plain' (no in-model normalization) or 'norm'.")
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)}.")
-    config = base_config()
+    config = fashion_mnist_adam_config()
     config.epochs = 5
-    config.dataset.name = "fashion_mnist"
     config.dataset.train_limit = 30_000
     config.dataset.test_limit = 1000
     config.dataset.val_limit = 500
-    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
     if model == "plain":
         config.model.mean, config.model.std = (0.0,), (1.0,)
     config.method = ml_collections.ConfigDict(dict(name="seat", epsilon=0.2, **VARIANTS[variant]))
-    config.optimizer.name = "adam"
-    config.optimizer.learning_rate = 2e-3
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.schedule = "cyclic"
     config.val_attack = "pgd10"
     config.eval_attacks = ("pgd20",)
     config.diagnostics.divergence_guard = False

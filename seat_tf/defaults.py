@@ -102,6 +102,17 @@ def cifar10_paper_config(method, arg=None):
     return config
 
 
+def fashion_mnist_adam_config():
+    """base_config with the recipe the Fashion-MNIST studies share (CO benchmark, time budget,
+    plain-CNN study): the small CNN, Adam with the one-cycle schedule peaking at 2e-3, no
+    weight decay."""
+    config = base_config()
+    config.dataset.name = "fashion_mnist"
+    config.model = ml_collections.ConfigDict(dict(name="small_cnn"))
+    config.optimizer.update(dict(name="adam", learning_rate=2e-3, weight_decay=0.0, schedule="cyclic"))
+    return config
+
+
 def shrink_for_smoke(config, *, epochs=1, train_limit=256, test_limit=128, batch_size=64,
                      eval_attacks=("fgsm", "pgd5")):
     """Makes a config run in seconds (the ":smoke" variants tests use): tiny subsets, a

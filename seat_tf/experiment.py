@@ -19,6 +19,7 @@ from seat_tf.defaults import (  # noqa: F401  (configs import these from here)
     base_config,
     cifar10_paper_config,
     diagnostics_config,
+    fashion_mnist_adam_config,
     shrink_for_smoke,
 )
 from seat_tf.schedules import CyclicLR
