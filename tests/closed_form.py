@@ -8,6 +8,17 @@ Shapes: x [B, ...] images, W [D, K], b [K], y [B] ints. "Per example" values hav
 import numpy as np
 
 
+def linear_problem(shape, classes, seed=0, batch=16, scale=2.0):
+    """Weights [D, K], bias, images well inside the box (0.5 +- 0.1, so x +- 3 eps stays in
+    [0, 1] for eps 0.1 and x +- eps for eps 0.2) and labels of a random linear model."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(int(np.prod(shape)), classes)) * scale
+    b = rng.normal(size=classes) * 0.5
+    x = 0.5 + rng.uniform(-0.1, 0.1, (batch,) + tuple(shape))
+    y = rng.integers(0, classes, batch)
+    return W, b, x, y
+
+
 def flat(x):
     return np.asarray(x, np.float64).reshape(len(x), -1)
 

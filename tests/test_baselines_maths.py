@@ -19,12 +19,7 @@ EPS = 0.1  # x in 0.5 +- 0.1: x +- 3 eps stays inside [0, 1], so only the tests 
 
 
 def _problem(seed=0, batch=16, scale=2.0):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(int(np.prod(SHAPE)), K)) * scale
-    b = rng.normal(size=K) * 0.5
-    x = 0.5 + rng.uniform(-0.1, 0.1, (batch,) + SHAPE)
-    y = rng.integers(0, K, batch)
-    return W, b, x, y
+    return cf.linear_problem(SHAPE, K, seed, batch, scale)
 
 
 def _model(cls, W, b, **kwargs):
@@ -36,6 +31,17 @@ def _model(cls, W, b, **kwargs):
 
 def _tensors(x, y):
     return tf.constant(x, tf.float32), tf.constant(y, tf.int32)
+
+
+def _objective_and_gradient(model, x, y, x_adv):
+    """The method's objective on (x, x_adv) after its clean pass, its logs, and d/d(W, b)."""
+    x_t, y_t = _tensors(x, y)
+    tape = tf.GradientTape()
+    clean = model.compute_clean_pass(x_t, y_t, tape)
+    with tape:
+        loss, logs = model.objective(x_t, y_t, tf.constant(x_adv, tf.float32), clean)
+    dW, db = tape.gradient(loss, model.classifier.trainable_variables)
+    return loss, logs, dW, db
 
 
 def _perturb(model, x, y, eps=EPS):
@@ -199,12 +205,7 @@ def test_trades_objective_value_and_weight_gradient():
     x_adv = x + 0.2 * np.sign(np.random.default_rng(1).uniform(-1, 1, x.shape))
     beta = 3.0
     model = _model(seat_tf.TRADESModel, W, b, beta=beta)
-    x_t, y_t = _tensors(x, y)
-    tape = tf.GradientTape()
-    clean = model.compute_clean_pass(x_t, y_t, tape)
-    with tape:
-        loss, logs = model.objective(x_t, y_t, tf.constant(x_adv, tf.float32), clean)
-    dW, db = tape.gradient(loss, model.classifier.trainable_variables)
+    loss, logs, dW, db = _objective_and_gradient(model, x, y, x_adv)
     z, z_adv = cf.logits(W, b, x), cf.logits(W, b, x_adv)
     assert float(loss) == pytest.approx(trades_objective(W, b, x, y, x_adv, beta), rel=1e-5)
     np.testing.assert_allclose(logs["kl"].numpy(), cf.kl(z, z_adv), rtol=1e-4, atol=1e-6)
@@ -249,12 +250,7 @@ def test_grad_align_regularizer_value_and_gradient(recorded_starts):
     eps, lam = 0.3, 2.0
     x_adv = x + eps * np.sign(np.random.default_rng(2).uniform(-1, 1, x.shape))
     model = _model(seat_tf.GradAlignModel, W, b, epsilon=eps, lam=lam)
-    x_t, y_t = _tensors(x, y)
-    tape = tf.GradientTape()
-    clean = model.compute_clean_pass(x_t, y_t, tape)
-    with tape:
-        loss, logs = model.objective(x_t, y_t, tf.constant(x_adv, tf.float32), clean)
-    dW, db = tape.gradient(loss, model.classifier.trainable_variables)
+    loss, logs, dW, db = _objective_and_gradient(model, x, y, x_adv)
     (eta,) = recorded_starts
     _assert_uniform(eta, eps)
     value, cos = grad_align_objective(W, b, x, y, x_adv, eta, lam)

@@ -148,6 +148,8 @@ def test_train_command_exits_3_when_training_diverges(cli, tmp_path, fake_fmnist
         ("--config.method.lam=-1.0", "lam must be >= 0"),
         ("--config.eval_attacks=('fgsm','pgd7x')", "attack"),
         ("--config.method.epsilon=-0.1", "epsilon"),
+        ("--config.method.name=free_at", "Unknown training method"),
+        ("--config.dataset.name=imagenet", "Unknown dataset"),
     ],
 )
 def test_config_errors_are_one_line_and_exit_2(cli, tmp_path, override, message):

@@ -29,14 +29,7 @@ EPS = 0.2
 
 
 def _problem(seed=0, batch=16, scale=2.0):
-    """Weights, bias, images well inside the box (0.5 +- 0.1, so x +- 3 eps stays in [0, 1]
-    for EPS = 0.1 and x +- eps for EPS = 0.2) and labels."""
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(int(np.prod(SHAPE)), K)) * scale
-    b = rng.normal(size=K) * 0.5
-    x = 0.5 + rng.uniform(-0.1, 0.1, (batch,) + SHAPE)
-    y = rng.integers(0, K, batch)
-    return W, b, x, y
+    return cf.linear_problem(SHAPE, K, seed, batch, scale)
 
 
 def _designed_problem(seed=1, batch=16):
