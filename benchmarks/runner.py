@@ -12,6 +12,8 @@ import json
 import os
 import time
 
+import keras
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,34 +46,29 @@ def load_config(path, arg=None):
     return module.get_config(arg)
 
 
-class TrainClock:
-    """Seconds of training per epoch, stopping the clock when validation starts (monitors run
-    after it), kept in a JSON file so a resumed run keeps its earlier epochs' seconds.
-    `callback` is the Keras callback; list it first."""
+class TrainClock(keras.callbacks.Callback):
+    """Keras callback: seconds of training per epoch, stopping the clock when validation
+    starts (monitors run after it), kept in a JSON file so a resumed run keeps its earlier
+    epochs' seconds. List it first."""
 
     def __init__(self, path):
-        import keras
-
-        from seat_tf import fileio
-
+        super().__init__()
         self.path = path
         self.seconds = json.load(open(path)) if os.path.exists(path) else []
-        clock = self
 
-        class _Clock(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                del clock.seconds[epoch:]
-                self.start, self.stop = time.perf_counter(), None
+    def on_epoch_begin(self, epoch, logs=None):
+        del self.seconds[epoch:]
+        self.start, self.stop = time.perf_counter(), None
 
-            def on_test_begin(self, logs=None):
-                if self.stop is None:
-                    self.stop = time.perf_counter()
+    def on_test_begin(self, logs=None):
+        if self.stop is None:
+            self.stop = time.perf_counter()
 
-            def on_epoch_end(self, epoch, logs=None):
-                clock.seconds.append((self.stop or time.perf_counter()) - self.start)
-                fileio.write_json_atomic(clock.seconds, clock.path)
+    def on_epoch_end(self, epoch, logs=None):
+        from seat_tf import fileio
 
-        self.callback = _Clock()
+        self.seconds.append((self.stop or time.perf_counter()) - self.start)
+        fileio.write_json_atomic(self.seconds, self.path)
 
 
 def record_of(config, history, report, seconds, divergence_events=()):
@@ -112,7 +109,7 @@ def run(config, workdir, record_path, **extra):
 
     os.makedirs(workdir, exist_ok=True)
     clock = TrainClock(os.path.join(workdir, "train_seconds.json"))
-    result = experiment.run(config, workdir, verbose=2, callbacks=[clock.callback])
+    result = experiment.run(config, workdir, verbose=2, callbacks=[clock])
     record = record_of(config, result["history"], result["report"], clock.seconds, result["divergence_events"])
     record.update(extra)
     fileio.write_json_atomic(record, record_path)
