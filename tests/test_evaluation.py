@@ -203,3 +203,32 @@ def test_evaluate_command_writes_the_report(cli, trained, tmp_path):
     report = json.load(open(os.path.join(workdir, "report.json")))
     assert report["num_examples"] == 64 and report["attacks"]["square50"]["num_examples"] == 32
     assert "Sanity checks:" in result.stdout
+
+
+def test_evaluation_hides_only_its_own_intended_traces(make_tiny_cnn):
+    """The evaluation traces one tf.function per attack on purpose; TF's "retracing" warning
+    about that is dropped while it runs, and a user's own retracing is still reported after."""
+    import logging
+
+    import seat_tf
+
+    messages = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect()
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.addHandler(handler)
+    try:
+        x = np.random.default_rng(0).uniform(size=(32, 8, 8, 1)).astype(np.float32)
+        dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(32) % 3)).batch(16)
+        seat_tf.evaluate(make_tiny_cnn(), dataset, attacks=["fgsm", "pgd2", "pgd3", "mifgsm2", "apgd-ce5", "cw3"],
+                         eps=0.1, verbose=0, sanity=False)
+        assert not any("retracing" in m for m in messages), messages
+        for i in range(8):  # the user's own function, traced anew each time
+            tf.function(lambda a: a * 2)(tf.constant(float(i)))
+        assert any("retracing" in m for m in messages)
+    finally:
+        tf_logger.removeHandler(handler)

@@ -65,15 +65,13 @@ def parse_spec(spec):
 
 class _IntendedTraces(logging.Filter):
     """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing"
-    warning: the evaluation traces one tf.function per attack on purpose (each traced once,
-    then reused across batches and the eps sweep), which TF mistakes for retracing in a loop."""
+    warning while the evaluation runs: it traces one tf.function per attack on purpose (each
+    traced once, then reused across batches and the eps sweep), which TF mistakes for
+    retracing in a loop. Installed only around `Runner.run`, so a user's own retracing
+    warnings are never hidden."""
 
     def filter(self, record):
         return "triggered tf.function retracing" not in record.getMessage()
-
-
-_TF_LOGGER = logging.getLogger("tensorflow")
-_TF_LOGGER.addFilter(_IntendedTraces())
 
 
 class Runner:
@@ -124,6 +122,14 @@ class Runner:
 
     def run(self, dataset, entries, limit=None, verbose=0):
         """Fills each entry's per-example results; returns the clean correctness [N]."""
+        tf_logger, quiet = logging.getLogger("tensorflow"), _IntendedTraces()
+        tf_logger.addFilter(quiet)
+        try:
+            return self._run(dataset, entries, limit, verbose)
+        finally:
+            tf_logger.removeFilter(quiet)
+
+    def _run(self, dataset, entries, limit, verbose):
         cardinality = int(dataset.cardinality())
         batches = cardinality if cardinality > 0 else None
         # The shown values are running accuracies already: stateful, so Progbar does not average them
