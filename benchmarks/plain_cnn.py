@@ -56,7 +56,8 @@ def identify(saved):
     model = "plain" if tuple(saved["model"].get("std") or ()) == (1.0,) else "norm"
     method = saved["method"]
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
-    defaults = dict(PRESETS["paper"], linearity_clip=None)
+    lam, paper = PRESETS["paper"]
+    defaults = dict(paper.to_dict(), lam=lam)
     for variant in ("ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform", "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}

@@ -40,6 +40,7 @@ from seat_tf.training import (  # noqa: E402
     PGDATModel,
     RSFGSMModel,
     SEATModel,
+    SEATVariant,
     TRADESModel,
     get_method,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "PGDATModel",
     "RSFGSMModel",
     "SEATModel",
+    "SEATVariant",
     "Square",
     "TRADESModel",
     "attacks",

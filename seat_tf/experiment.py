@@ -65,14 +65,15 @@ def validate(config):
 
 
 def method_constructor(config):
-    """(constructor, keyword arguments) of config.method: the method's class, or with
-    `method.preset` its named settings (`SEATModel.from_preset`)."""
+    """(constructor, keyword arguments) of config.method. SEAT is built by
+    `SEATModel.from_preset(method.preset or "default", ...)`, so a config names its variant's
+    fields flat (`method.clean_loss_gradient=True`), as the command line overrides them."""
     method, kwargs = get_method(config.method.name), _kwargs(config.method)
     preset = kwargs.pop("preset", None)
+    if hasattr(method, "from_preset"):
+        return functools.partial(method.from_preset, preset or "default"), kwargs
     if preset is not None:
-        if not hasattr(method, "from_preset"):
-            raise ValueError(f"method.preset is only known for SEAT; {config.method.name!r} has no presets.")
-        method = functools.partial(method.from_preset, preset)
+        raise ValueError(f"method.preset is only known for SEAT; {config.method.name!r} has no presets.")
     return method, kwargs
 
 

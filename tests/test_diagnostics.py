@@ -294,7 +294,7 @@ def test_co_monitor_restore_rewinds_weights_and_lowers_lr_and_step(make_tiny_cnn
 
 def test_co_monitor_restore_scales_a_schedule_and_seat_step(make_tiny_cnn, toy_data):
     x, y = toy_data
-    model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, step_size=0.04)
+    model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, variant=dict(step_size=0.04))
     schedule = seat_tf.schedules.CyclicLR(0.1, total_steps=15)
     model.compile(optimizer=keras.optimizers.SGD(schedule))
     monitor = ScriptedMonitor([(0.5, 0.6), (0.0, 0.9), (0.5, 0.6)], action="restore", lr_factor=0.1)
@@ -302,7 +302,7 @@ def test_co_monitor_restore_scales_a_schedule_and_seat_step(make_tiny_cnn, toy_d
     lr = model.optimizer._learning_rate
     assert isinstance(lr, diagnostics.ScaledSchedule) and lr.factor == pytest.approx(0.1)
     assert float(lr(5)) == pytest.approx(0.1 * float(schedule(5)))
-    assert model.step_size == pytest.approx(0.02)
+    assert model.variant.step_size == pytest.approx(0.02)
     config = keras.saving.serialize_keras_object(lr)
     assert float(keras.saving.deserialize_keras_object(config)(5)) == pytest.approx(float(lr(5)))
 

@@ -54,7 +54,7 @@ def _mirrored_job():
         with strategy.scope():
             classifier = tiny_cnn()
             classifier.set_weights(initial)
-            model = seat_tf.SEATModel(classifier, epsilon=0.1, seed=seed, val_attack=None, **kwargs)
+            model = seat_tf.SEATModel.from_preset("default", classifier, epsilon=0.1, seed=seed, val_attack=None, **kwargs)
             model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
         dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(len(y))
         history = model.fit(dataset, epochs=1, verbose=0)
@@ -493,7 +493,7 @@ def _batch_attack_job():
     offset = np.array([-3.0] * 4 + [1.0] * 4, np.float32)  # half 0: residuals > 0, half 1: < 0
 
     def build():
-        model = seat_tf.SEATModel(linear_classifier(W, b, (4, 4, 1)), epsilon=0.1, lam=5.0, reduction="batch",
+        model = seat_tf.SEATModel.from_preset("default", linear_classifier(W, b, (4, 4, 1)), epsilon=0.1, lam=5.0, reduction="batch",
                                   rel_step_size=2.0, val_attack=None, seed=3)
         model.compile(optimizer=keras.optimizers.SGD(0.1))
         return model

@@ -75,7 +75,7 @@ def test_seat_clean_pass_and_attack_under_float16_match_float32(confident_pair):
     f32, f16, x, y = confident_pair
     grads, deltas = [], []
     for classifier in (f32, f16):
-        model = seat_tf.SEATModel(classifier, epsilon=0.1, attack_loss="ce", init="zero", val_attack=None)
+        model = seat_tf.SEATModel(classifier, epsilon=0.1, variant=dict(attack_loss="ce", init="zero"), val_attack=None)
         model.compile(optimizer="sgd")
         clean = model.compute_clean_pass(x, y, tf.GradientTape())
         grads.append(clean.grad.numpy())
@@ -144,7 +144,8 @@ def test_xla_train_step_matches_the_graph_step(make_tiny_cnn, toy_data):
     x, y = toy_data
     weights = []
     for jit_compile in (False, True):
-        model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=0.5, flood_level=0.1, init="zero", val_attack=None)
+        model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=0.5, flood_level=0.1, variant=dict(init="zero"),
+                                  val_attack=None)
         model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), jit_compile=jit_compile)
         assert model.jit_compile == jit_compile
         model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False)

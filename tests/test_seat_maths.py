@@ -51,7 +51,7 @@ def _designed_problem(seed=1, batch=16):
 
 def _seat(W, b, compile_model=True, **kwargs):
     kwargs.setdefault("epsilon", EPS)
-    model = seat_tf.SEATModel(linear_classifier(W, b, SHAPE), val_attack=None, seed=3, **kwargs)
+    model = seat_tf.SEATModel.from_preset("default", linear_classifier(W, b, SHAPE), val_attack=None, seed=3, **kwargs)
     if compile_model:
         model.compile(optimizer=keras.optimizers.SGD(0.1))  # step_seed() reads optimizer.iterations
     return model
@@ -343,7 +343,8 @@ def _mirrored_job():
     out = {}
     for name, options in spec["cases"].items():
         with strategy.scope():
-            model = seat_tf.SEATModel(linear_classifier(W, b, SHAPE), epsilon=EPS, val_attack=None, **options)
+            model = seat_tf.SEATModel.from_preset("default", linear_classifier(W, b, SHAPE), epsilon=EPS, val_attack=None,
+                                                **options)
         variables = model.classifier.trainable_variables
         half = len(y) // 2
 

@@ -24,7 +24,7 @@ def test_seat_reduces_to_fgsm_at(make_tiny_cnn, toy_data):
     """lam=0, no flooding, CE attack from a zero start with step eps is exactly FGSM-AT."""
     x, y = toy_data
     a, b = _twin(make_tiny_cnn)
-    seat = seat_tf.SEATModel(a, epsilon=0.1, lam=0.0, flood_level=None, attack_loss="ce", init="zero")
+    seat = seat_tf.SEATModel(a, epsilon=0.1, lam=0.0, flood_level=None, variant=dict(attack_loss="ce", init="zero"))
     fgsm = seat_tf.FGSMATModel(b, epsilon=0.1)
     for wa, wb in zip(_one_step(seat, x, y), _one_step(fgsm, x, y)):
         np.testing.assert_allclose(wa, wb, atol=1e-6)
@@ -33,7 +33,7 @@ def test_seat_reduces_to_fgsm_at(make_tiny_cnn, toy_data):
 def test_seat_step_differs_from_fgsm_when_regularized(make_tiny_cnn, toy_data):
     x, y = toy_data
     a, b = _twin(make_tiny_cnn)
-    seat = seat_tf.SEATModel(a, epsilon=0.1, lam=0.5, attack_loss="ce", init="zero")
+    seat = seat_tf.SEATModel(a, epsilon=0.1, lam=0.5, variant=dict(attack_loss="ce", init="zero"))
     fgsm = seat_tf.FGSMATModel(b, epsilon=0.1)
     diffs = [np.abs(wa - wb).max() for wa, wb in zip(_one_step(seat, x, y), _one_step(fgsm, x, y))]
     assert max(diffs) > 1e-5
@@ -118,7 +118,7 @@ def test_bad_inputs_raise_clear_errors(make_tiny_cnn, toy_data, x_fn, y_fn, mess
 )
 def test_bad_hyperparameters_raise(make_tiny_cnn, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        seat_tf.SEATModel(make_tiny_cnn(), **kwargs)
+        seat_tf.SEATModel.from_preset("default", make_tiny_cnn(), **kwargs)
 
 
 def test_global_batch_reductions_have_the_right_value_and_gradient(make_tiny_cnn):
@@ -142,7 +142,7 @@ def test_batch_and_double_backprop_variants_train(make_tiny_cnn, toy_data):
     weights = {}
     for variant in [dict(), dict(reduction="batch"), dict(double_backprop=True), dict(linearity_clip=0.01),
                     dict(clean_loss_gradient=True)]:
-        model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=2.0, init="zero", **variant)
+        model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=2.0, variant=dict(init="zero", **variant))
         weights[str(variant)] = _one_step(model, x, y)[0]
     reference = weights[str(dict())]
     for key, value in weights.items():
@@ -179,13 +179,53 @@ def test_seat_presets_reach_the_paper_and_the_authors_code(make_tiny_cnn):
     from seat_tf.training.seat import PRESETS
 
     paper = seat_tf.SEATModel.from_preset("paper", make_tiny_cnn(), epsilon=0.1)
-    assert (paper.lam, paper.margin_on, paper.reduction, paper.clean_loss_gradient, paper.init) == (
+    v = paper.variant
+    assert (paper.lam, v.margin_on, v.reduction, v.clean_loss_gradient, v.init) == (
         0.5, "logits", "example", True, "corner")
     authors = seat_tf.SEATModel.from_preset("authors_code", make_tiny_cnn(), epsilon=0.1, lam=0.3)
-    assert (authors.lam, authors.margin_on, authors.reduction) == (0.3, "probs", "batch")
-    assert set(PRESETS) == {"paper", "authors_code"}
+    assert (authors.lam, authors.variant.margin_on, authors.variant.reduction) == (0.3, "probs", "batch")
+    default = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1)
+    assert default.variant == seat_tf.SEATVariant() and not default.variant.clean_loss_gradient
+    assert set(PRESETS) == {"default", "paper", "authors_code"}
     with pytest.raises(ValueError, match="Unknown SEAT preset"):
         seat_tf.SEATModel.from_preset("papers", make_tiny_cnn())
+    with pytest.raises(ValueError, match="Unknown SEAT preset"):
+        seat_tf.SEATModel(make_tiny_cnn(), variant="papers")
+
+
+def test_seat_variant_is_one_argument_in_three_spellings(make_tiny_cnn):
+    """A preset name, a dict over the default and a SEATVariant build the same method; flat
+    keyword overrides of from_preset land in the variant; bad fields are named."""
+    spellings = [
+        seat_tf.SEATModel(make_tiny_cnn(), variant=seat_tf.SEATVariant(margin_on="probs", reduction="batch",
+                                                                       clean_loss_gradient=True)),
+        seat_tf.SEATModel(make_tiny_cnn(), variant=dict(margin_on="probs", reduction="batch",
+                                                        clean_loss_gradient=True)),
+        seat_tf.SEATModel(make_tiny_cnn(), variant="authors_code"),
+        seat_tf.SEATModel.from_preset("default", make_tiny_cnn(), margin_on="probs", reduction="batch",
+                                      clean_loss_gradient=True),
+    ]
+    assert len({m.variant for m in spellings}) == 1
+    assert spellings[3].lam == 0.5 and seat_tf.SEATModel.from_preset("authors_code", make_tiny_cnn()).lam == 0.6
+    with pytest.raises(ValueError, match=r"Unknown SEAT variant option\(s\) \['margin'\]"):
+        seat_tf.SEATModel(make_tiny_cnn(), variant=dict(margin="probs"))
+    with pytest.raises(ValueError, match=r"belong to SEAT's variant: pass variant=dict\(reduction=\.\.\.\)"):
+        seat_tf.SEATModel(make_tiny_cnn(), reduction="batch")  # a variant field is not a constructor switch
+
+
+def test_seat_variant_survives_save_and_loads_a_flat_legacy_config(make_tiny_cnn, tmp_path):
+    model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1, lam=0.7,
+                              variant=dict(init="uniform", rel_step_size=1.25, linearity_clip=2.0))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.variant == model.variant and loaded.lam == 0.7
+    # seat-tf 0.1 wrote the variant's fields flat into the config: they still load.
+    legacy = model.get_config()
+    legacy.pop("variant")
+    legacy.update(init="zero", margin_on="probs", reduction="example", clean_loss_gradient=True)
+    rebuilt = seat_tf.SEATModel.from_config(legacy)
+    assert rebuilt.variant == seat_tf.SEATVariant(init="zero", margin_on="probs", clean_loss_gradient=True)
 
 
 def test_config_preset_builds_the_named_seat(tmp_path):
@@ -197,7 +237,7 @@ def test_config_preset_builds_the_named_seat(tmp_path):
     config.dataset.name = "fashion_mnist"
     config.method = ml_collections.ConfigDict(dict(name="seat", epsilon=0.1, preset="authors_code"))
     model = experiment.build_model(config, total_steps=10)
-    assert (model.margin_on, model.reduction, model.lam) == ("probs", "batch", 0.6)
+    assert (model.variant.margin_on, model.variant.reduction, model.lam) == ("probs", "batch", 0.6)
     config.method = ml_collections.ConfigDict(dict(name="pgd_at", epsilon=0.1, preset="paper"))
     with pytest.raises(ValueError, match="only known for SEAT"):
         experiment.validate(config)

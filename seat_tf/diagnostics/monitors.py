@@ -55,11 +55,10 @@ def scale_learning_rate(optimizer, factor):
 
 def scale_step_size(model, factor):
     """Multiplies the training attack's step size of a method that has one; returns the new
-    value or None. SEATModel: step_size if set, else rel_step_size; FGSM-AT, RS-FGSM, N-FGSM,
-    PGD-AT, TRADES: rel_step_size. GradAlign's FGSM step is eps by definition (no change)."""
-    if getattr(model, "step_size", None) is not None:
-        model.step_size = model.step_size * factor
-        return model.step_size
+    value or None. SEATModel: its own `scale_attack_step`; FGSM-AT, RS-FGSM, N-FGSM, PGD-AT,
+    TRADES: rel_step_size. GradAlign's FGSM step is eps by definition (no change)."""
+    if hasattr(model, "scale_attack_step"):
+        return model.scale_attack_step(factor)
     if getattr(model, "rel_step_size", None) is not None:
         model.rel_step_size = model.rel_step_size * factor
         return model.rel_step_size

@@ -10,7 +10,7 @@ from seat_tf.training.baselines import (
     TRADESModel,
 )
 from seat_tf.training.elle import ELLEAModel, ELLEModel
-from seat_tf.training.seat import SEATModel
+from seat_tf.training.seat import SEATModel, SEATVariant
 
 METHODS = {
     "seat": SEATModel,
@@ -44,6 +44,7 @@ __all__ = [
     "PGDATModel",
     "RSFGSMModel",
     "SEATModel",
+    "SEATVariant",
     "TRADESModel",
     "check_batch",
     "get_method",
