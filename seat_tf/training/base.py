@@ -331,10 +331,7 @@ class AdversarialModel(keras.Model):
         raise NotImplementedError
 
     def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, tf.float32)
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        weights = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        x, y, weights = _unpack(data)
         epsilon = self.current_epsilon()
         variables = self.classifier.trainable_variables
         tape = tf.GradientTape()
@@ -381,10 +378,7 @@ class AdversarialModel(keras.Model):
 
     def test_step(self, data):
         """Clean loss and accuracy, and accuracy under `val_attack` (inference mode)."""
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, tf.float32)
-        y = tf.reshape(tf.cast(y, tf.int32), [-1])
-        weights = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+        x, y, weights = _unpack(data)
         logits = self.classify(x, training=False)
         self.loss_tracker.update_state(losses.cross_entropy(y, logits), sample_weight=weights)
         self.clean_accuracy.update_state(_correct(logits, y), sample_weight=weights)
@@ -399,3 +393,10 @@ class AdversarialModel(keras.Model):
 
 def _correct(logits, y):
     return tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+
+
+def _unpack(data):
+    """(images float32, labels int32 [B], sample weights float32 [B] or None) of a batch."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    weights = None if sample_weight is None else tf.reshape(tf.cast(sample_weight, tf.float32), [-1])
+    return tf.cast(x, tf.float32), tf.reshape(tf.cast(y, tf.int32), [-1]), weights
