@@ -378,7 +378,7 @@ single = tf.distribute.get_strategy()
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 out = {}
 for name, kwargs in {"seat": dict(method="seat", epsilon=0.1, lam=0.5),
-                     "seat_batch_flooded": dict(method="seat", epsilon=0.1, reduction="batch", flood_level=2.0),
+                     "seat_batch_flooded": dict(method="seat", epsilon=0.1, variant=dict(reduction="batch"), flood_level=2.0),
                      "trades": dict(method="trades", epsilon=0.1, steps=2)}.items():
     w1, l1 = step(single, 0.5, **kwargs)
     w2, l2 = step(mirrored, 0.5, **kwargs)
