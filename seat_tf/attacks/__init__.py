@@ -4,6 +4,7 @@
                  momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD / CW-inf /
                  MI-FGSM as configurations of it; random starts, projection, gradients.
     suite.py     APGD (a step rule on the engine), Square, DeepFool, CW-L2.
+    fab.py       FAB-T (minimal L-inf perturbation by projections onto linearized boundaries).
     registry.py  `get_attack(name)` for every name, and the `Composite` protocol
                  ("standard" = APGD-CE -> APGD-T -> Square).
 
@@ -29,6 +30,7 @@ from seat_tf.attacks.engine import (
     value_and_gradient,
     wrong_predictions,
 )
+from seat_tf.attacks.fab import FAB, project_to_hyperplane
 from seat_tf.attacks.registry import NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
 from seat_tf.attacks.suite import APGD, APGDStep, CarliniWagnerL2, DeepFool, Square, apgd_checkpoints, square_fraction
 
@@ -38,6 +40,7 @@ __all__ = [
     "CarliniWagnerL2",
     "Composite",
     "DeepFool",
+    "FAB",
     "INITS",
     "LinfPGD",
     "NAMES_HELP",
@@ -56,6 +59,7 @@ __all__ = [
     "misclassified",
     "pgd",
     "project",
+    "project_to_hyperplane",
     "random_start",
     "square_fraction",
     "targeted_objective",
