@@ -108,6 +108,25 @@ def test_fab_breaks_exactly_the_examples_whose_minimum_is_within_eps(make_linear
         np.testing.assert_array_equal(x_adv[~broken], x[~broken])  # unbroken: x itself
 
 
+def test_fab_t_goes_on_to_less_likely_targets_when_their_boundary_is_nearer(make_linear):
+    # Class 0 scores 0; class 1 scores x_0 - 0.6 (the runner-up, -0.1 at x = 0.5, but only one
+    # pixel moves it: 0.1 away); class 2 scores sum(x) - 8.4 (-0.4, but all 16 pixels move it:
+    # 0.4 / 16 = 0.025 away). Only the second target breaks the examples at eps 0.05.
+    rng = np.random.default_rng(4)
+    x = (0.5 + rng.uniform(-0.005, 0.005, (8, 4, 4, 1))).astype(np.float32)
+    w = np.zeros((16, 3), np.float32)
+    w[0, 1], w[:, 2] = 1.0, 1.0
+    model = make_linear(w, np.array([0.0, -0.6, -8.4], np.float32), (4, 4, 1))
+    y = np.zeros(8, np.int32)
+    assert np.all(np.argsort(-model(x).numpy(), 1)[:, 1] == 1)
+    r_star = (8.4 - x.reshape(8, -1).sum(1)) / 16
+    x_adv = _compiled(attacks.FAB(), model)(x, y, 0.05).numpy()
+    assert np.all(np.argmax(model(x_adv).numpy(), 1) == 2)
+    assert np.all((_linf(x_adv, x) >= r_star * (1 - 1e-4)) & (_linf(x_adv, x) <= r_star * 1.02))
+    only_runner_up = _compiled(attacks.FAB(targets=1), model)(x, y, 0.05).numpy()
+    np.testing.assert_array_equal(only_runner_up, x)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A tiny CNN fit to the 3-class toy images of conftest (class k brightens a row band by
