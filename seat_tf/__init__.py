@@ -20,7 +20,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from seat_tf import attacks, data, diagnostics, evaluation, export, losses, models, schedules  # noqa: E402
-from seat_tf.attacks import APGD, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
+from seat_tf.attacks import APGD, FAB, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
 from seat_tf.attacks import LinfPGD  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
 from seat_tf.diagnostics import (  # noqa: E402
@@ -58,6 +58,7 @@ __all__ = [
     "Composite",
     "DeepFool",
     "DivergenceGuard",
+    "FAB",
     "FGSMATModel",
     "GradAlignModel",
     "LinearityErrorMonitor",

@@ -161,14 +161,21 @@ def test_attack_names_parse_and_bad_names_fail():
     assert (get("apgd-t").loss, get("apgd-t").targets, get("apgd-t").steps) == ("dlr", 9, 100)
     assert (get("apgd_ce50x2").steps, get("apgd_ce50x2").restarts) == (50, 2)
     assert get("square1000").queries == 1000
-    assert [name for name, _ in get("standard").stages()] == ["apgd-ce", "apgd-t", "square"]
-    assert get("aa").members == get("standard").members
+    # AutoAttack's standard version, members and budgets; "fast" is its two APGD stages.
+    stages = dict(get("standard").stages())
+    assert list(stages) == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert (stages["apgd-ce"].loss, stages["apgd-ce"].steps, stages["apgd-ce"].restarts) == ("ce", 100, 1)
+    assert (stages["apgd-t"].loss, stages["apgd-t"].targets, stages["apgd-t"].steps) == ("dlr", 9, 100)
+    assert (stages["fab-t"].targets, stages["fab-t"].steps, stages["fab-t"].restarts) == (9, 100, 1)
+    assert stages["square"].queries == 5000
+    assert get("aa").members == get("standard").members == attacks.Composite().members
+    assert [name for name, _ in get("fast").stages()] == ["apgd-ce", "apgd-t"]
     assert isinstance(get("deepfool"), attacks.DeepFool) and isinstance(get("cw-l2"), attacks.CarliniWagnerL2)
     pgd = attacks.get_attack("pgd50x10")  # the paper's protocol: 50 steps, 10 restarts, step eps / 4
     assert (pgd.steps, pgd.restarts, pgd.step_for(8 / 255)) == (50, 10, 2 / 255)
     assert attacks.get_attack("targeted_pgd10").target == "random"
     assert attacks.get_attack("apgd-dlr").loss == "dlr"  # the engine's parser delegates here
-    for bad in ["apgd", "square0x", "bim10", "square100x2", "targeted_square", "fgsm+deepfool"]:
+    for bad in ["apgd", "square0x", "bim10", "square100x2", "targeted_square", "fgsm+deepfool", "fab", "fab-t0"]:
         with pytest.raises(ValueError):
             get(bad)
     with pytest.raises(ValueError, match="target"):

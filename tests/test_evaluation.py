@@ -58,9 +58,9 @@ def _tolerance(result, a, b):
 
 def test_attack_orderings_on_a_trained_model(trained):
     model, dataset = trained
-    composite = "apgd-ce20+apgd-t20+square200"  # square200 runs only inside the composite
+    composite = "apgd-ce20+apgd-t20+fab-t20+square200"  # square200 runs only inside the composite
     result = seat_tf.evaluate(
-        model, dataset, attacks=["fgsm", "pgd20", "apgd-ce20", "apgd-t20", "targeted_pgd20", composite],
+        model, dataset, attacks=["fgsm", "pgd20", "apgd-ce20", "apgd-t20", "fab-t20", "targeted_pgd20", composite],
         eps=EPS, verbose=0, sanity_limit=120,
     )
     acc = _accuracies(result)
@@ -70,6 +70,8 @@ def test_attack_orderings_on_a_trained_model(trained):
     assert acc["targeted_pgd20"] >= acc["pgd20"] - _tolerance(result, "targeted_pgd20", "pgd20")
     for member in ("apgd-ce20", "apgd-t20"):
         assert acc[composite] <= acc[member] + _tolerance(result, composite, member)
+    # FAB-T is deterministic and per example (one restart): alone or as a stage, it breaks the same.
+    assert acc[composite] <= acc["fab-t20"]
     stages = [s["robust_accuracy"] for s in result["attacks"][composite]["stages"]]
     assert stages == sorted(stages, reverse=True) and stages[-1] == acc[composite]
     assert result["worst_case_accuracy"] <= min(acc.values())

@@ -4,8 +4,9 @@
                  momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD / CW-inf /
                  MI-FGSM as configurations of it; random starts, projection, gradients.
     suite.py     APGD (a step rule on the engine), Square, DeepFool, CW-L2.
+    fab.py       FAB-T (minimal L-inf perturbation by projections onto linearized boundaries).
     registry.py  `get_attack(name)` for every name, and the `Composite` protocol
-                 ("standard" = APGD-CE -> APGD-T -> Square).
+                 ("standard" = APGD-CE -> APGD-T -> FAB-T -> Square, AutoAttack's standard).
 
 Every attack is a callable `attack(model_fn, x, y, eps, seed=None) -> x_adv` on images in
 [0, 1], pure TensorFlow (runs inside `tf.function` and `train_step`).
@@ -29,7 +30,8 @@ from seat_tf.attacks.engine import (
     value_and_gradient,
     wrong_predictions,
 )
-from seat_tf.attacks.registry import NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
+from seat_tf.attacks.fab import FAB, project_to_hyperplane
+from seat_tf.attacks.registry import FAST, NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
 from seat_tf.attacks.suite import APGD, APGDStep, CarliniWagnerL2, DeepFool, Square, apgd_checkpoints, square_fraction
 
 __all__ = [
@@ -38,6 +40,8 @@ __all__ = [
     "CarliniWagnerL2",
     "Composite",
     "DeepFool",
+    "FAB",
+    "FAST",
     "INITS",
     "LinfPGD",
     "NAMES_HELP",
@@ -56,6 +60,7 @@ __all__ = [
     "misclassified",
     "pgd",
     "project",
+    "project_to_hyperplane",
     "random_start",
     "square_fraction",
     "targeted_objective",

@@ -1,7 +1,8 @@
 """One registry for every attack name: `get_attack("pgd50x10")`, "fgsm", "apgd-ce",
 "standard", "apgd-ce+square", ... (see NAMES_HELP), and the composite protocol that runs
 named attacks in sequence. It sits above the engine (`engine.py`: FGSM/PGD/CW-inf/MI-FGSM as
-`LinfPGD` configurations) and the suite (`suite.py`: APGD, Square, DeepFool, CW-L2).
+`LinfPGD` configurations), the suite (`suite.py`: APGD, Square, DeepFool, CW-L2) and FAB-T
+(`fab.py`).
 """
 
 import dataclasses
@@ -11,30 +12,37 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from seat_tf.attacks.engine import LinfPGD, as_seed, wrong_predictions
+from seat_tf.attacks.fab import FAB
 from seat_tf.attacks.suite import APGD, CarliniWagnerL2, DeepFool, Square
 
-STANDARD = ("apgd-ce", "apgd-t", "square")
+# AutoAttack's standard version (Croce & Hein, 2020): APGD-CE (100 steps), APGD-T (9 targets x
+# 100 steps), FAB-T (9 targets x 100 steps), Square (5000 queries), each on what is left.
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+# Its two gradient stages, which decide nearly all of its result at a fraction of the cost:
+# for the frequent checks (checkpoints, sweeps), not for a final number.
+FAST = ("apgd-ce", "apgd-t")
 
-# Fixed names: the paper protocols and the AutoAttack-style composite. "standard" / "aa" is
-# AutoAttack's standard version without FAB-T (which rarely changes its result).
+# Fixed names: the paper protocols and the AutoAttack-style composites.
 PRESETS = {
     "apgd-ce": lambda: APGD(loss="ce", name="apgd-ce"),
     "apgd-dlr": lambda: APGD(loss="dlr", name="apgd-dlr"),
     "apgd-t": lambda: APGD(loss="dlr", targets=9, name="apgd-t"),
+    "fab-t": lambda: FAB(name="fab-t"),
     "square": lambda: Square(name="square"),
     "deepfool": lambda: DeepFool(name="deepfool"),
     "cw-l2": lambda: CarliniWagnerL2(name="cw-l2"),
     "standard": lambda: Composite(STANDARD, name="standard"),
     "aa": lambda: Composite(STANDARD, name="aa"),
+    "fast": lambda: Composite(FAST, name="fast"),
 }
 
 _PGD_FAMILY = re.compile(r"^(targeted_|targeted_ll_)?(pgd|cw|mifgsm)(\d+)(?:x(\d+))?$")
-_NUMBERED = re.compile(r"^(apgd-ce|apgd-dlr|apgd-t|square|deepfool|cw-l2)(\d+)(?:x(\d+))?$")
+_NUMBERED = re.compile(r"^(apgd-ce|apgd-dlr|apgd-t|fab-t|square|deepfool|cw-l2)(\d+)(?:x(\d+))?$")
 
 NAMES_HELP = (
     "'fgsm', 'pgdK', 'pgdKxR', 'cwK', 'mifgsmK', 'targeted_pgdK', 'targeted_ll_pgdK', 'apgd-ce[K[xR]]', "
-    "'apgd-dlr[K]', 'apgd-t[K]', 'square[Q]', 'deepfool', 'cw-l2', 'standard' (= 'aa'), or members joined "
-    "by '+' for a composite ('apgd-ce+square')"
+    "'apgd-dlr[K]', 'apgd-t[K]', 'fab-t[K[xR]]', 'square[Q]', 'deepfool', 'cw-l2', 'standard' (= 'aa'), "
+    "'fast' (its APGD stages), or members joined by '+' for a composite ('apgd-ce+square')"
 )
 
 
@@ -62,14 +70,16 @@ def get_attack(spec):
     if not match:
         raise ValueError(f"Unknown attack {spec!r}; use {NAMES_HELP}.")
     kind, number, restarts = match.group(1), int(match.group(2)), int(match.group(3) or 1)
-    if restarts != 1 and not kind.startswith("apgd"):
-        raise ValueError(f"Attack {spec!r}: only APGD and PGD take restarts ('xR').")
+    if restarts != 1 and not kind.startswith(("apgd", "fab")):
+        raise ValueError(f"Attack {spec!r}: only APGD, FAB-T and PGD take restarts ('xR').")
     if kind == "apgd-ce":
         return APGD(steps=number, restarts=restarts, loss="ce", name=name)
     if kind == "apgd-dlr":
         return APGD(steps=number, restarts=restarts, loss="dlr", name=name)
     if kind == "apgd-t":
         return APGD(steps=number, restarts=restarts, loss="dlr", targets=9, name=name)
+    if kind == "fab-t":
+        return FAB(steps=number, restarts=restarts, name=name)
     if kind == "square":
         return Square(queries=number, name=name)
     if kind == "deepfool":
@@ -100,7 +110,7 @@ class Composite:
     report each stage; calling the composite directly does the same inside one graph.
     """
 
-    members: Tuple = ("apgd-ce", "apgd-t", "square")
+    members: Tuple = STANDARD
     name: Optional[str] = None
 
     def __post_init__(self):

@@ -1,5 +1,5 @@
 """The evaluation attacks beyond PGD: APGD-CE / APGD-T, Square, DeepFool, CW-L2 and
-composites such as "standard" (APGD-CE -> APGD-T -> Square); their names are parsed by
+composites such as "standard" (APGD-CE -> APGD-T -> FAB-T -> Square); their names are parsed by
 `seat_tf.attacks.registry`.
 
 APGD (Croce & Hein, 2020) runs on the one L-inf engine, `seat_tf.attacks.linf_attack`: its
