@@ -11,7 +11,9 @@ All code is pure TensorFlow: it runs eagerly, inside `tf.function` and inside `t
 under any `tf.distribute` strategy. Images are float in [0, 1]; eps is in that scale.
 """
 
+import contextlib
 import dataclasses
+import threading
 from typing import Callable, Optional
 
 import tensorflow as tf
@@ -31,27 +33,66 @@ def as_seed(seed):
     return tf.cast(seed, tf.int32)
 
 
-def _global_batch_noise(sampler, shape, seed):
-    """Noise for this replica's slice of the global batch.
+_ROWS = threading.local()
 
-    Under a multi-replica strategy each replica draws the noise of the whole global batch
-    from the same seed and keeps its own rows, so the perturbation of an example does not
-    depend on how many devices share the batch (distributed and single-device steps agree).
-    Replicas may hold different numbers of rows (a batch of 15 on 2 replicas is split 8/7),
-    so the rows' offset comes from an all-reduce of every replica's batch size.
+
+@contextlib.contextmanager
+def global_batch_rows(start, size, total):
+    """Declares, for attacks built (traced) inside the block on this thread, that their input
+    is rows [start, start + size) of a global batch of `total` rows.
+
+    A caller that splits a batch over replicas itself (the evaluation runner) knows the rows,
+    so random draws need no all-reduce to find them; tf.distribute allows no all-reduce inside
+    loops such as APGD-T's over targets or Square's over queries.
     """
+    previous = getattr(_ROWS, "value", None)
+    _ROWS.value = (start, size, total)
+    try:
+        yield
+    finally:
+        _ROWS.value = previous
+
+
+def global_rows(local):
+    """(start, total): where this replica's `local` rows sit in the global batch, or None on
+    one replica (the batch is the global batch).
+
+    Declared by `global_batch_rows`, else found by an all-reduce of every replica's batch size
+    (replicas may hold different numbers of rows: a batch of 15 on 2 replicas is split 8/7).
+    """
+    declared = getattr(_ROWS, "value", None)
+    if declared is not None:
+        start, size, total = declared
+        check = tf.debugging.assert_equal(
+            local, size, message="An attack drew random numbers for part of its batch in a distributed evaluation; "
+            "run it on one device.")
+        with tf.control_dependencies([check]):
+            return tf.identity(start), total
     context = tf.distribute.get_replica_context()
     replicas = 1 if context is None else context.num_replicas_in_sync
     if replicas == 1:
-        return sampler(shape, seed)
-    local = shape[0]
+        return None
     replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
     # Batch size of every replica (float32: all-reduce support; exact below 2**24).
     sizes = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.one_hot(replica, replicas) * tf.cast(local, tf.float32))
     sizes = tf.cast(sizes, tf.int32)
-    start = tf.reduce_sum(sizes[:replica])
-    noise = sampler(tf.concat([[tf.reduce_sum(sizes)], shape[1:]], axis=0), seed)
-    return noise[start : start + local]
+    return tf.reduce_sum(sizes[:replica]), tf.reduce_sum(sizes)
+
+
+def global_batch_noise(sampler, shape, seed, rows=None):
+    """Noise `sampler(shape, seed)` for this replica's slice of the global batch.
+
+    Under a multi-replica strategy each replica draws the noise of the whole global batch
+    from the same seed and keeps its own rows (`rows`: from `global_rows`, looked up if
+    None), so the perturbation of an example does not depend on how many devices share the
+    batch (distributed and single-device steps and evaluations agree).
+    """
+    rows = global_rows(shape[0]) if rows is None else rows
+    if rows is None:
+        return sampler(shape, seed)
+    start, total = rows
+    noise = sampler(tf.concat([[total], shape[1:]], axis=0), seed)
+    return noise[start : start + shape[0]]
 
 
 def _uniform(shape, seed):
@@ -72,11 +113,11 @@ def random_start(x, radius, init, seed=None):
         return tf.zeros_like(x)
     shape, seed = tf.shape(x), as_seed(seed)
     if init == "uniform":
-        return _global_batch_noise(_uniform, shape, seed) * radius
+        return global_batch_noise(_uniform, shape, seed) * radius
     if init == "corner":
-        return tf.sign(_global_batch_noise(_uniform, shape, seed)) * radius
+        return tf.sign(global_batch_noise(_uniform, shape, seed)) * radius
     if init == "normal":
-        return 0.001 * _global_batch_noise(_normal, shape, seed)
+        return 0.001 * global_batch_noise(_normal, shape, seed)
     raise ValueError(f"Unknown attack init {init!r}; choose one of {INITS}.")
 
 
@@ -294,7 +335,9 @@ def choose_targets(logits, labels, rule, seed=None):
     if rule == "random":
         num_classes = tf.shape(logits)[-1]
         seed = tf.random.experimental.stateless_fold_in(as_seed(seed), 7919)  # independent of the starts
-        shift = tf.random.stateless_uniform(tf.shape(labels), seed, minval=1, maxval=num_classes, dtype=tf.int32)
+        shift = global_batch_noise(
+            lambda shape, seed: tf.random.stateless_uniform(shape, seed, minval=1, maxval=num_classes, dtype=tf.int32),
+            tf.shape(labels), seed)
         return (labels + shift) % num_classes
     raise ValueError(f"Unknown target rule {rule!r}; choose one of {TARGETS}.")
 
