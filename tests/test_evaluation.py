@@ -199,7 +199,7 @@ def test_evaluate_command_writes_the_report(cli, trained, tmp_path):
     result = cli("evaluate", *common, "--attacks=fgsm,pgd5,square50@32", "--sweep_eps=0,0.1",
                   "--sweep_limit=32", "--sanity_limit=32")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(workdir)) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
+    assert sorted(os.listdir(workdir)) == ["attack_results", "report.json", "report.md", "robust_accuracy_vs_eps.png"]
     report = json.load(open(os.path.join(workdir, "report.json")))
     assert report["num_examples"] == 64 and report["attacks"]["square50"]["num_examples"] == 32
     assert "Sanity checks:" in result.stdout
