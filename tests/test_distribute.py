@@ -553,12 +553,6 @@ def _eval_problem(tf):
     return model, x, y, tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
 
 
-def _without_times(result):
-    if isinstance(result, dict):
-        return {k: _without_times(v) for k, v in result.items() if k not in ("seconds", "total_seconds", "model")}
-    return [_without_times(v) for v in result] if isinstance(result, list) else result
-
-
 def _evaluate_mirrored_job():
     """Two logical CPUs. seat_tf.evaluate on one device and under MirroredStrategy: the
     results, and per attack (per composite stage) the number of examples whose correctness
@@ -572,6 +566,7 @@ def _evaluate_mirrored_job():
     import tempfile
 
     import seat_tf
+    from tests.conftest import without_keys
 
     model, _, _, dataset = _eval_problem(tf)
     base = tempfile.mkdtemp()
@@ -581,7 +576,7 @@ def _evaluate_mirrored_job():
         result = seat_tf.evaluate(model, dataset, attacks=attacks, eps=0.05, seed=seed, verbose=0, sanity=False,
                                   strategy=strategy, checkpoint_dir=folder)
         saved = {f: dict(np.load(os.path.join(folder, f))) for f in os.listdir(folder) if f.endswith(".npz")}
-        return _without_times(result), saved
+        return without_keys(result), saved
 
     def differences(a, b):
         return dict(examples=int((a["correct"] != b["correct"]).sum()),
@@ -632,6 +627,8 @@ def _cli_on_two_cpus(args):
 def test_evaluate_command_with_mirrored_strategy_writes_the_single_device_report(tmp_path):
     import tensorflow as tf
 
+    from tests.conftest import without_keys
+
     model, x, y, _ = _eval_problem(tf)
     model_path, data_path = str(tmp_path / "model.keras"), str(tmp_path / "data.npz")
     model.save(model_path)
@@ -651,7 +648,7 @@ def test_evaluate_command_with_mirrored_strategy_writes_the_single_device_report
                              *common], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     reports = [json.load(open(tmp_path / name / "report.json")) for name in ("mirrored", "single")]
-    assert _without_times(reports[0]) == _without_times(reports[1])
+    assert without_keys(reports[0]) == without_keys(reports[1])
     assert 0 < reports[0]["attacks"]["pgd10"]["robust_accuracy"] < reports[0]["clean_accuracy"]
 
 

@@ -22,7 +22,7 @@ from typing import Optional
 import tensorflow as tf
 
 from seat_tf import losses
-from seat_tf.attacks import engine
+from seat_tf.attacks import engine, randomness
 
 
 def _per_example(values, x):
@@ -232,11 +232,11 @@ class Square:
             return -losses.margin_loss(y, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
 
         # Every draw is the global batch's (one lookup of this replica's rows, outside the loop).
-        rows = engine.global_rows(batch)
+        rows = randomness.global_rows(batch)
 
         def draw(shape, seed, low=0.0, high=1.0):
             sample = lambda shape, seed: tf.random.stateless_uniform(shape, seed, low, high)  # noqa: E731
-            return engine.global_batch_noise(sample, tf.stack(shape), seed, rows)
+            return randomness.global_batch_noise(sample, tf.stack(shape), seed, rows)
 
         stripes = tf.sign(draw([batch, 1, width, channels], seed, -1.0, 1.0))
         x_best = engine.project(x + eps * stripes, x, eps)

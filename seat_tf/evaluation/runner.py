@@ -210,16 +210,16 @@ class Runner:
         for stage, (name, _) in enumerate(entry.stages):
             label = entry.key if len(entry.stages) == 1 else f"{entry.key} stage {stage + 1}/{len(entry.stages)} {name}"
             key = self._key(entry, stage, sum(counts), data)
-            record = self._agreed(key and self.store.load(key, label))
+            record = self._agreed(key and self.store.load(key, name))
             if record is None:
                 record = self._attack_stage(entry, stage, work, correct, l2, x_spec, label, number, verbose)
                 if key:
-                    self.store.save(key, label, record)
+                    self.store.save(key, name, record)
             else:
                 entry.loaded = True
                 if verbose:
                     print(f"[{number}] {label} (eps {entry.eps:g}): finished before, results loaded from "
-                          f"{self.store.path(key, label)}")
+                          f"{self.store.path(key, name)}")
             splits = np.cumsum([c.size for c in correct])[:-1]
             correct = np.split(record["correct"].astype(bool), splits)
             l2 = np.split(record["l2"].astype(np.float32), splits)
