@@ -254,7 +254,7 @@ def evaluate(argv):
                                     limit=FLAGS.limit, num_classes=num_classes)
         fileio.check_writable_dir(FLAGS.workdir)
     if strategy.num_replicas_in_sync > 1:
-        print(f"Evaluating on {strategy.num_replicas_in_sync} replicas ({type(strategy).__name__}).")
+        print(f"Evaluating on {strategy.num_replicas_in_sync} replicas (--strategy={FLAGS.strategy}).")
     worker = distribute.worker_info(strategy)
     outdir = distribute.output_dir(FLAGS.workdir, worker)
     checkpoints = os.path.join(FLAGS.workdir, "attack_results")

@@ -624,7 +624,9 @@ def _cli_on_two_cpus(args):
 
 
 @pytest.mark.slow
-def test_evaluate_command_with_mirrored_strategy_writes_the_single_device_report(tmp_path):
+def test_evaluate_command_under_mirrored_and_multi_worker_strategies_writes_the_single_device_report(tmp_path):
+    """seat-tf evaluate on one device, with --strategy=mirrored on two logical CPUs, and with
+    --strategy=multi_worker as two workers on localhost (TF_CONFIG): the same report."""
     import tensorflow as tf
 
     from tests.conftest import without_keys
@@ -636,20 +638,34 @@ def test_evaluate_command_with_mirrored_strategy_writes_the_single_device_report
     y = np.argmax(model.predict(images[..., None] / 255.0, verbose=0), -1)  # labels for the images as stored
     y[::7] = (y[::7] + 1) % 5
     np.savez(data_path, x_train=images, y_train=y, x_test=images, y_test=y)
-    common = [f"--model={model_path}", f"--dataset={data_path}", "--eps=0.05", "--batch_size=16", "--verbose=2",
-              "--attacks=pgd10,apgd-ce5+square30", "--sanity_limit=8", "--sweep_eps=0.05", "--sweep_limit=16"]
-    env = dict(os.environ, **QUIET)
-    mirrored = subprocess.run([sys.executable, os.path.abspath(__file__), "cli_two_cpus", "evaluate",
-                               "--strategy=mirrored", f"--workdir={tmp_path / 'mirrored'}", *common],
-                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert mirrored.returncode == 0, mirrored.stderr[-3000:]
-    assert "Evaluating on 2 replicas (MirroredStrategy)" in mirrored.stdout
-    single = subprocess.run([sys.executable, "-m", "seat_tf.cli", "evaluate", f"--workdir={tmp_path / 'single'}",
-                             *common], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert single.returncode == 0, single.stderr[-3000:]
-    reports = [json.load(open(tmp_path / name / "report.json")) for name in ("mirrored", "single")]
-    assert without_keys(reports[0]) == without_keys(reports[1])
-    assert 0 < reports[0]["attacks"]["pgd10"]["robust_accuracy"] < reports[0]["clean_accuracy"]
+    common = ["evaluate", f"--model={model_path}", f"--dataset={data_path}", "--eps=0.05", "--batch_size=16",
+              "--verbose=2", "--attacks=pgd10,apgd-ce5+apgd-t3+square30", "--sanity_limit=8", "--sweep_eps=0.05",
+              "--sweep_limit=16"]
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    runs = {"multi_worker": []}
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        runs["multi_worker"].append(subprocess.Popen(
+            [sys.executable, "-m", "seat_tf.cli", *common, "--strategy=multi_worker", f"--workdir={tmp_path / 'multi'}"],
+            cwd=ROOT, env=dict(os.environ, **QUIET, TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    for worker in runs["multi_worker"]:
+        output = worker.communicate(timeout=900)[0]
+        assert worker.returncode == 0, output[-3000:]
+        assert "Evaluating on 2 replicas (--strategy=multi_worker)" in output
+    command = {"mirrored": [sys.executable, os.path.abspath(__file__), "cli_two_cpus", *common, "--strategy=mirrored"],
+               "single": [sys.executable, "-m", "seat_tf.cli", *common]}
+    for name in ("mirrored", "single"):
+        runs[name] = subprocess.run(command[name] + [f"--workdir={tmp_path / name}"], capture_output=True, text=True,
+                                    cwd=ROOT, env=dict(os.environ, **QUIET), timeout=900)
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    assert "Evaluating on 2 replicas (--strategy=mirrored)" in runs["mirrored"].stdout
+    reports = {name: without_keys(json.load(open(tmp_path / name / "report.json")))
+               for name in ("multi", "mirrored", "single")}
+    assert reports["multi"] == reports["single"] and reports["mirrored"] == reports["single"]
+    assert 0 < reports["single"]["attacks"]["pgd10"]["robust_accuracy"] < reports["single"]["clean_accuracy"]
+    # The second worker wrote only below its own folder.
+    assert os.path.exists(tmp_path / "multi" / "worker-1" / "report.json")
 
 
 JOBS = {"mirrored": _mirrored_job, "batch_attack": _batch_attack_job, "evaluate_mirrored": _evaluate_mirrored_job}
