@@ -204,6 +204,14 @@ def test_evaluate_command_writes_the_report(cli, trained, tmp_path):
     report = json.load(open(os.path.join(workdir, "report.json")))
     assert report["num_examples"] == 64 and report["attacks"]["square50"]["num_examples"] == 32
     assert "Sanity checks:" in result.stdout
+    saved = os.listdir(os.path.join(workdir, "attack_results"))
+    assert any(name.startswith("pgd5-") for name in saved) and any(name.startswith("fgsm-") for name in saved)
+    # --overwrite: the earlier run's attacks are neither loaded nor kept.
+    again = cli("evaluate", *common, "--attacks=fgsm", "--sweep_eps=0.1", "--sweep_limit=8", "--sanity_limit=8",
+                "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "loaded" not in json.load(open(os.path.join(workdir, "report.json")))["attacks"]["fgsm"]
+    assert not any(name.startswith("pgd5-") for name in os.listdir(os.path.join(workdir, "attack_results")))
 
 
 def test_evaluation_hides_only_its_own_intended_traces(make_tiny_cnn):
