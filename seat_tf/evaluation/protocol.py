@@ -55,7 +55,8 @@ def evaluate(
 
     Returns:
       dict: num_examples, eps, seed, clean_accuracy, attacks {name: {robust_accuracy, seconds,
-      num_examples, clean_accuracy, max_linf[, stages]}}, minimal_perturbation {name:
+      num_examples, clean_accuracy, max_linf[, stages][, loaded: True if loaded from
+      checkpoint_dir]}}, minimal_perturbation {name:
       {fooling_rate, median_l2, ...}}, worst_case_accuracy (robust only if no attack fooled it,
       on the first worst_case_num_examples examples), sanity_checks, sanity_passed[, sweep].
     """
