@@ -16,7 +16,10 @@ diagnose writes diagnostics.json and PNGs (loss landscapes, decision-boundary di
         --attacks=fgsm,pgd20,pgd50x10@1000,standard@1000 --workdir=runs/fmnist/eval
 
 evaluate writes report.json, report.md (a table like the paper's, sanity checks) and
-robust_accuracy_vs_eps.png into --workdir.
+robust_accuracy_vs_eps.png into --workdir, and each finished attack's per-example results
+into <workdir>/attack_results/: a killed or extended run (same command, more attacks) loads
+them instead of attacking again (--overwrite starts afresh). --strategy=mirrored or
+multi_worker splits every batch over the replicas (same results as one device).
 
 Errors are one line, `seat-tf: error: ...` (--debug adds the traceback). Exit codes: 0 success,
 1 runtime failure, 2 usage or config error (nothing trained or written), 3 train finished but
@@ -25,6 +28,7 @@ train, tune and evaluate lock their folder (<folder>/.seat-tf.lock): a second ru
 folder is refused; the lock of a killed run is taken over.
 """
 
+import glob
 import os
 import sys
 import time
@@ -44,8 +48,8 @@ flags.DEFINE_string("workdir", None, "Output folder of train.")
 flags.DEFINE_integer("verbose", None, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch "
                      "(default: 1 on a terminal, 2 when the output goes to a file or CI log).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy of train: default (one device), mirrored (all local GPUs), "
-                  "multi_worker (hosts from TF_CONFIG, see docs/distributed.md) or tpu.")
+                  "tf.distribute strategy of train and evaluate: default (one device), mirrored (all local GPUs), "
+                  "multi_worker (hosts from TF_CONFIG, see docs/distributed.md) or tpu (train only).")
 flags.DEFINE_string("tpu", None, "TPU name or grpc:// address for --strategy=tpu (default: this TPU VM's chips).")
 
 # Flags shared by the subcommands (each says which commands read it).
@@ -56,7 +60,9 @@ flags.DEFINE_float("eps", None, "evaluate, diagnose: L-inf radius in [0, 1] pixe
 flags.DEFINE_integer("num_examples", 1000, "diagnose: test images to use (the first N).")
 flags.DEFINE_string("out", None, "export: TF Serving's model base path; the SavedModel goes to <out>/<version>/.")
 flags.DEFINE_integer("version", None, "export: version folder (default: one more than the largest existing one).")
-flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing; tune: start the search afresh instead of resuming it.")
+flags.DEFINE_boolean("overwrite", False, "export: replace a non-empty version folder instead of refusing; tune: start "
+                     "the search afresh instead of resuming it; evaluate: attack again instead of loading the attacks "
+                     "finished by an earlier run from <workdir>/attack_results.")
 flags.DEFINE_list("attacks", ["fgsm", "pgd20", "pgd50x10", "standard"],
                   "evaluate: attacks, 'name' or 'name@N' (first N examples), e.g. pgd20,pgd50x10@1000,standard@1000.")
 flags.DEFINE_integer("limit", None, "evaluate: use only the first N test examples.")
@@ -210,8 +216,9 @@ def tune(argv):
 @command
 def evaluate(argv):
     """Robust accuracy of a saved model: report.json, report.md and robust_accuracy_vs_eps.png
-    in --workdir, with the sanity checks of seat_tf.evaluation."""
-    from seat_tf import attacks, data, evaluation, fileio
+    in --workdir, with the sanity checks of seat_tf.evaluation; finished attacks are kept in
+    <workdir>/attack_results so that a rerun resumes."""
+    from seat_tf import attacks, data, distribute, evaluation, fileio
 
     _require("model")
     _require("eps")
@@ -222,6 +229,9 @@ def evaluate(argv):
     eps = FLAGS.eps
     if not 0 <= eps <= 1:
         raise app.UsageError(f"--eps must be in [0, 1] (pixel scale, e.g. 8/255 = 0.0314), got {eps}.")
+    if FLAGS.strategy == "tpu":
+        raise app.UsageError("evaluate runs with --strategy=default, mirrored or multi_worker (the attacks' batches "
+                             "change size from attack to attack, which TPUs would compile anew each time).")
     with errors.usage_errors():
         for spec in list(FLAGS.attacks) + list(FLAGS.sweep_attacks or []):
             attacks.get_attack(spec.partition("@")[0])  # ValueError names the bad attack
@@ -234,23 +244,34 @@ def evaluate(argv):
             raise app.UsageError(f"--sweep_eps values must lie in [0, 1], got {sweep_eps}.")
     else:
         sweep_eps = [round(eps * f, 6) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0) if eps * f <= 1]
+    # The strategy before any TF op runs (multi-worker collectives), as in train.
+    strategy = distribute.make_strategy(FLAGS.strategy)
     with errors.usage_errors():
-        model = fileio.load_keras_model(FLAGS.model, safe_mode=not FLAGS.unsafe_load)
+        with strategy.scope():  # the weights on every replica
+            model = fileio.load_keras_model(FLAGS.model, safe_mode=not FLAGS.unsafe_load)
         num_classes, _ = data.model_expectations(model)
         dataset = data.load_dataset(FLAGS.dataset, "test", FLAGS.batch_size, data_dir=FLAGS.data_dir,
                                     limit=FLAGS.limit, num_classes=num_classes)
         fileio.check_writable_dir(FLAGS.workdir)
+    if strategy.num_replicas_in_sync > 1:
+        print(f"Evaluating on {strategy.num_replicas_in_sync} replicas (--strategy={FLAGS.strategy}).")
+    worker = distribute.worker_info(strategy)
+    outdir = distribute.output_dir(FLAGS.workdir, worker)
+    checkpoints = os.path.join(FLAGS.workdir, "attack_results")
 
     start = time.time()
-    result = evaluation.evaluate(
-        model, dataset, attacks=list(FLAGS.attacks), eps=eps, seed=FLAGS.seed, verbose=verbosity(),
-        sanity_limit=FLAGS.sanity_limit, sweep_eps=sweep_eps, sweep_attacks=FLAGS.sweep_attacks,
-        sweep_limit=FLAGS.sweep_limit,
-    )
-    result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
-                  total_seconds=round(time.time() - start, 1))
-    with fileio.WorkdirLock(FLAGS.workdir, "evaluate"):
-        paths = evaluation.write_report(result, FLAGS.workdir)
+    with fileio.WorkdirLock(outdir, "evaluate"):
+        if FLAGS.overwrite:  # this worker's finished attacks only
+            for path in glob.glob(os.path.join(distribute.output_dir(checkpoints, worker), "*.npz")):
+                os.remove(path)
+        result = evaluation.evaluate(
+            model, dataset, attacks=list(FLAGS.attacks), eps=eps, seed=FLAGS.seed, verbose=verbosity(),
+            sanity_limit=FLAGS.sanity_limit, sweep_eps=sweep_eps, sweep_attacks=FLAGS.sweep_attacks,
+            sweep_limit=FLAGS.sweep_limit, strategy=strategy, checkpoint_dir=checkpoints,
+        )
+        result.update(model=os.path.abspath(FLAGS.model), dataset=FLAGS.dataset,
+                      total_seconds=round(time.time() - start, 1))
+        paths = evaluation.write_report(result, outdir)
     _print_report(result, eps)
     print("Wrote " + ", ".join(paths.values()))
     return 0

@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +43,15 @@ def test_step_cost_benchmark_reports_ratios(run_module, tmp_path):
     # Structure only: wall-clock ratios on a shared CI machine are not something a test can assert.
     assert ratios["fgsm_at"] == 1.0 and set(ratios) == {"plain", "fgsm_at", "seat", "pgd_at"}
     assert all(ratio > 0 for ratio in ratios.values())
+
+
+@pytest.mark.slow
+def test_eval_scaleout_benchmark_reports_ratios_and_equal_results(run_module, tmp_path):
+    out = str(tmp_path / "scaleout")
+    _run(run_module, "benchmarks.eval_scaleout", f"--out={out}", "--num_examples=48", "--batch_size=16",
+         "--train_examples=256", "--train_epochs=1", "--rounds=1", "--attack=pgd3", "--resume_attacks=pgd5,fgsm")
+    report = json.load(open(os.path.join(out, "eval_scaleout.json")))
+    scaleout, resume = report["mirrored_vs_one_device"], report["resume"]
+    assert scaleout["replicas"] == 2 and scaleout["identical_per_example"]
+    assert scaleout["time_ratio_mirrored_to_one_device"] > 0
+    assert resume["first_attack_loaded"] and resume["same_results"]

@@ -535,8 +535,144 @@ def test_batch_reduction_attack_takes_the_global_batch_sign_under_two_replicas()
     assert result["max_diff"] < 1e-6, result
 
 
-JOBS = {"mirrored": _mirrored_job, "batch_attack": _batch_attack_job}
+# -- seat_tf.evaluate / seat-tf evaluate under MirroredStrategy == one device ----------------
+
+EVAL_ATTACKS = ["pgd10", "apgd-ce10", "apgd-ce5+apgd-t3+square30"]  # random starts, APGD-T's loop, Square's
+
+
+def _eval_problem(tf):
+    """A random 5-class CNN and 49 images in batches of 16 (the last batch of 1 leaves one
+    replica empty; the examples still correct split unevenly); labels are the model's own
+    predictions, every 7th changed, so some examples are wrong clean and attacks fool part."""
+    from tests.conftest import tiny_cnn
+
+    model = tiny_cnn(input_shape=(8, 8, 1), num_classes=5)
+    x = np.random.default_rng(0).uniform(0, 1, (49, 8, 8, 1)).astype(np.float32)
+    y = np.argmax(model.predict(x, verbose=0), -1).astype(np.int32)
+    y[::7] = (y[::7] + 1) % 5
+    return model, x, y, tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+
+
+def _evaluate_mirrored_job():
+    """Two logical CPUs. seat_tf.evaluate on one device and under MirroredStrategy: the
+    results, and per attack (per composite stage) the number of examples whose correctness
+    differs and the largest difference of an example's perturbation norm (it depends on the
+    random start even where the outcome does not), read from the checkpoint folders;
+    control: PGD with another seed."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tempfile
+
+    import seat_tf
+    from tests.conftest import without_keys
+
+    model, _, _, dataset = _eval_problem(tf)
+    base = tempfile.mkdtemp()
+
+    def run(name, strategy=None, seed=3, attacks=EVAL_ATTACKS):
+        folder = os.path.join(base, name)
+        result = seat_tf.evaluate(model, dataset, attacks=attacks, eps=0.05, seed=seed, verbose=0, sanity=False,
+                                  strategy=strategy, checkpoint_dir=folder)
+        saved = {f: dict(np.load(os.path.join(folder, f))) for f in os.listdir(folder) if f.endswith(".npz")}
+        return without_keys(result), saved
+
+    def differences(a, b):
+        return dict(examples=int((a["correct"] != b["correct"]).sum()),
+                    max_l2=float(np.nanmax(np.abs(a["l2"] - b["l2"]))),
+                    same_nans=bool(np.array_equal(np.isnan(a["l2"]), np.isnan(b["l2"]))))
+
+    single, single_saved = run("single")
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    mirrored, mirrored_saved = run("mirrored", strategy)
+    _, other_seed = run("other_seed", seed=4, attacks=["pgd10"])
+    pgd10 = [name for name in single_saved if name.startswith("pgd10-")][0]
+    return dict(replicas=strategy.num_replicas_in_sync, same_result=single == mirrored,
+                accuracies={k: v["robust_accuracy"] for k, v in single["attacks"].items()},
+                clean_accuracy=single["clean_accuracy"], files=sorted(single_saved) == sorted(mirrored_saved),
+                differing={name: differences(single_saved[name], mirrored_saved[name]) for name in single_saved},
+                other_seed_differing=differences(list(other_seed.values())[0], single_saved[pgd10]))
+
+
+@pytest.mark.slow
+def test_mirrored_evaluation_equals_single_device_per_example():
+    result = _run_job("evaluate_mirrored")
+    assert result["replicas"] == 2 and result["files"], result
+    assert len(result["differing"]) == 5, result  # pgd10, apgd-ce10 and the composite's three stages
+    for difference in result["differing"].values():
+        assert difference["examples"] == 0 and difference["same_nans"] and difference["max_l2"] < 1e-5, result
+    assert result["same_result"], result
+    # Not vacuous: the attacks fool some examples but not all, and the random starts matter.
+    assert all(0.1 < acc < result["clean_accuracy"] for acc in result["accuracies"].values()), result
+    assert result["other_seed_differing"]["max_l2"] > 1e-2, result
+
+
+def _cli_on_two_cpus(args):
+    """`seat-tf <args>` with two logical CPUs, which --strategy=mirrored then uses."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    from seat_tf import cli, distribute
+
+    make_strategy = distribute.make_strategy
+    distribute.make_strategy = lambda name="default", tpu=None, devices=None: make_strategy(
+        name, tpu, devices or (["/cpu:0", "/cpu:1"] if name == "mirrored" else None))
+    sys.argv = ["seat-tf"] + args
+    cli.run()
+
+
+@pytest.mark.slow
+def test_evaluate_command_under_mirrored_and_multi_worker_strategies_writes_the_single_device_report(tmp_path):
+    """seat-tf evaluate on one device, with --strategy=mirrored on two logical CPUs, and with
+    --strategy=multi_worker as two workers on localhost (TF_CONFIG): the same report."""
+    import tensorflow as tf
+
+    from tests.conftest import without_keys
+
+    model, x, y, _ = _eval_problem(tf)
+    model_path, data_path = str(tmp_path / "model.keras"), str(tmp_path / "data.npz")
+    model.save(model_path)
+    images = np.round(x * 255).astype(np.uint8)[..., 0]
+    y = np.argmax(model.predict(images[..., None] / 255.0, verbose=0), -1)  # labels for the images as stored
+    y[::7] = (y[::7] + 1) % 5
+    np.savez(data_path, x_train=images, y_train=y, x_test=images, y_test=y)
+    common = ["evaluate", f"--model={model_path}", f"--dataset={data_path}", "--eps=0.05", "--batch_size=16",
+              "--verbose=2", "--attacks=pgd10,apgd-ce5+apgd-t3+square30", "--sanity_limit=8", "--sweep_eps=0.05",
+              "--sweep_limit=16"]
+    cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
+    runs = {"multi_worker": []}
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        runs["multi_worker"].append(subprocess.Popen(
+            [sys.executable, "-m", "seat_tf.cli", *common, "--strategy=multi_worker", f"--workdir={tmp_path / 'multi'}"],
+            cwd=ROOT, env=dict(os.environ, **QUIET, TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    for worker in runs["multi_worker"]:
+        output = worker.communicate(timeout=900)[0]
+        assert worker.returncode == 0, output[-3000:]
+        assert "Evaluating on 2 replicas (--strategy=multi_worker)" in output
+    command = {"mirrored": [sys.executable, os.path.abspath(__file__), "cli_two_cpus", *common, "--strategy=mirrored"],
+               "single": [sys.executable, "-m", "seat_tf.cli", *common]}
+    for name in ("mirrored", "single"):
+        runs[name] = subprocess.run(command[name] + [f"--workdir={tmp_path / name}"], capture_output=True, text=True,
+                                    cwd=ROOT, env=dict(os.environ, **QUIET), timeout=900)
+        assert runs[name].returncode == 0, runs[name].stderr[-3000:]
+    assert "Evaluating on 2 replicas (--strategy=mirrored)" in runs["mirrored"].stdout
+    reports = {name: without_keys(json.load(open(tmp_path / name / "report.json")))
+               for name in ("multi", "mirrored", "single")}
+    assert reports["multi"] == reports["single"] and reports["mirrored"] == reports["single"]
+    assert 0 < reports["single"]["attacks"]["pgd10"]["robust_accuracy"] < reports["single"]["clean_accuracy"]
+    # The second worker wrote only below its own folder.
+    assert os.path.exists(tmp_path / "multi" / "worker-1" / "report.json")
+
+
+JOBS = {"mirrored": _mirrored_job, "batch_attack": _batch_attack_job, "evaluate_mirrored": _evaluate_mirrored_job}
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
-    print(json.dumps(JOBS[sys.argv[1]]()))
+    if sys.argv[1] == "cli_two_cpus":
+        _cli_on_two_cpus(sys.argv[2:])
+    else:
+        print(json.dumps(JOBS[sys.argv[1]]()))

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import seat_tf
 from seat_tf import evaluation
+from tests.conftest import without_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1  # the trained toy model below keeps about half its accuracy under PGD at this radius
@@ -201,10 +202,18 @@ def test_evaluate_command_writes_the_report(cli, trained, tmp_path):
     result = cli("evaluate", *common, "--attacks=fgsm,pgd5,square50@32", "--sweep_eps=0,0.1",
                   "--sweep_limit=32", "--sanity_limit=32")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(workdir)) == ["report.json", "report.md", "robust_accuracy_vs_eps.png"]
+    assert sorted(os.listdir(workdir)) == ["attack_results", "report.json", "report.md", "robust_accuracy_vs_eps.png"]
     report = json.load(open(os.path.join(workdir, "report.json")))
     assert report["num_examples"] == 64 and report["attacks"]["square50"]["num_examples"] == 32
     assert "Sanity checks:" in result.stdout
+    saved = os.listdir(os.path.join(workdir, "attack_results"))
+    assert any(name.startswith("pgd5-") for name in saved) and any(name.startswith("fgsm-") for name in saved)
+    # --overwrite: the earlier run's attacks are neither loaded nor kept.
+    again = cli("evaluate", *common, "--attacks=fgsm", "--sweep_eps=0.1", "--sweep_limit=8", "--sanity_limit=8",
+                "--overwrite")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "loaded" not in json.load(open(os.path.join(workdir, "report.json")))["attacks"]["fgsm"]
+    assert not any(name.startswith("pgd5-") for name in os.listdir(os.path.join(workdir, "attack_results")))
 
 
 def test_evaluation_hides_only_its_own_intended_traces(make_tiny_cnn):
@@ -234,3 +243,71 @@ def test_evaluation_hides_only_its_own_intended_traces(make_tiny_cnn):
         assert any("retracing" in m for m in messages)
     finally:
         tf_logger.removeHandler(handler)
+
+
+def _attacked(monkeypatch):
+    """The (attack, stage) pairs the runner attacks from now on (loaded ones are not)."""
+    from seat_tf.evaluation import runner
+
+    attacked = []
+    original = runner.Runner._attack_stage
+
+    def attack_stage(self, entry, stage, *args):
+        attacked.append((entry.key, stage))
+        return original(self, entry, stage, *args)
+
+    monkeypatch.setattr(runner.Runner, "_attack_stage", attack_stage)
+    return attacked
+
+
+def test_finished_attacks_are_loaded_not_attacked_again(trained, tmp_path, monkeypatch, capsys):
+    model, dataset = trained
+    attacked = _attacked(monkeypatch)
+    attacks = ["pgd3", "pgd3+cw2"]
+    kwargs = dict(eps=EPS, verbose=1, sanity=False, checkpoint_dir=str(tmp_path / "checkpoints"))
+    first = seat_tf.evaluate(model, dataset, attacks=attacks, **kwargs)
+    # The composite's first stage is pgd3 on the same examples with the same seeds: loaded.
+    assert attacked == [("pgd3", 0), ("pgd3+cw2", 1)]
+    shown = capsys.readouterr().out
+    # One progress line per attack and stage, each over a known number of batches (so with an ETA).
+    clean = round(first["clean_accuracy"] * 240)
+    assert f"[1/2] pgd3 (eps {EPS:g}): {clean} examples" in shown
+    assert "[2/2] pgd3+cw2 stage 1/2 pgd3 (eps 0.1): finished before" in shown
+    assert "[2/2] pgd3+cw2 stage 2/2 cw2 (eps 0.1): " in shown and "2/2" in shown
+    # Loaded results are the ones computed: the same composite without a checkpoint folder.
+    fresh = seat_tf.evaluate(model, dataset, attacks=["pgd3+cw2"], eps=EPS, verbose=0, sanity=False)
+    assert without_keys(fresh["attacks"]) == without_keys({"pgd3+cw2": first["attacks"]["pgd3+cw2"]})
+    attacked.clear()
+    again = seat_tf.evaluate(model, dataset, attacks=attacks + ["fgsm"], **kwargs)
+    assert attacked == [("fgsm", 0)]  # only the new attack runs
+    assert again["attacks"]["pgd3"]["loaded"] and "loaded" not in again["attacks"]["fgsm"]
+    assert without_keys(again["attacks"]) == dict(without_keys(first["attacks"]),
+                                                  fgsm=without_keys(again["attacks"]["fgsm"]))
+
+
+def test_a_changed_model_data_attack_eps_seed_or_limit_is_attacked_again(trained, tmp_path, monkeypatch):
+    model, dataset = trained
+    attacked = _attacked(monkeypatch)
+    folder = str(tmp_path / "checkpoints")
+
+    def attacks_run(attack="pgd2", changed_model=model, data=dataset, **changes):
+        attacked.clear()
+        kwargs = dict(eps=EPS, seed=0, verbose=0, sanity=False, checkpoint_dir=folder)
+        seat_tf.evaluate(changed_model, data, attacks=[attack], **dict(kwargs, **changes))
+        return len(attacked)
+
+    assert attacks_run() == 1 and attacks_run() == 0
+    weights = model.get_weights()
+    weights[-1] = weights[-1] + 1e-3
+    other_model = keras.models.clone_model(model)
+    other_model.set_weights(weights)
+    x, y = _toy()
+    changes = [dict(changed_model=other_model), dict(data=tf.data.Dataset.from_tensor_slices((x, y)).batch(100)),
+               dict(eps=EPS / 2), dict(seed=1), dict(limit=200),
+               dict(attack=seat_tf.attacks.LinfPGD(steps=2, rel_step_size=0.3, name="pgd2"))]
+    for change in changes:
+        assert attacks_run(**change) == 1, change
+        assert attacks_run(**change) == 0, change  # saved under its own key
+    # An attack without a stable description (a plain object) is never saved nor loaded.
+    assert attacks_run(attack=_OverBudget()) == 1 and attacks_run(attack=_OverBudget()) == 1
+    assert not [name for name in os.listdir(folder) if name.startswith("over_budget")]

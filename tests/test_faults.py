@@ -15,6 +15,7 @@ import pytest
 
 import seat_tf  # noqa: F401  (registers the model classes for loading)
 from seat_tf import fileio
+from tests.conftest import without_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,6 +34,19 @@ if point.startswith("epoch_end:"):  # right after the backup of epoch N is writt
             os.kill(os.getpid(), signal.SIGKILL)
 
     keras_compat.BackupAndRestore.on_epoch_end = on_epoch_end
+elif point.startswith("attack_saved:"):  # right after the N-th finished attack is saved
+    from seat_tf.evaluation import store
+
+    saves_to_kill, saved, original_save = int(point.split(":")[1]), [], store.ResultStore.save
+
+    def save(self, *args):
+        path = original_save(self, *args)
+        saved.append(path)
+        if len(saved) == saves_to_kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    store.ResultStore.save = save
 elif point == "export_check":  # SavedModel written to its temporary folder, not yet moved into place
     export.check_in_fresh_process = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 sys.argv = ["seat-tf"] + sys.argv[1:]
@@ -85,3 +99,33 @@ def test_export_killed_before_the_move_leaves_no_version_folder(tmp_path, make_t
     done = _run(tmp_path, ["export", f"--model={model_path}", f"--out={out}"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert [name for name in os.listdir(out) if name.isdigit()] == ["1"]
+
+
+@pytest.mark.slow
+def test_evaluate_killed_after_the_first_attack_resumes_without_attacking_it_again(tmp_path, make_tiny_cnn):
+    rng = np.random.default_rng(0)
+    model = make_tiny_cnn(input_shape=(8, 8, 1), num_classes=5)
+    images = rng.integers(0, 256, (64, 8, 8), dtype=np.uint8)
+    labels = np.argmax(model.predict(images[..., None] / 255.0, verbose=0), -1)
+    labels[::5] = (labels[::5] + 1) % 5  # some examples wrong clean
+    model_path, data_path = str(tmp_path / "model.keras"), str(tmp_path / "data.npz")
+    model.save(model_path)
+    np.savez(data_path, x_train=images, y_train=labels, x_test=images, y_test=labels)
+    args = ["evaluate", f"--model={model_path}", f"--dataset={data_path}", "--eps=0.05", "--batch_size=32",
+            "--attacks=pgd10,apgd-ce5+square20", "--sanity_limit=16", "--sweep_eps=0.05", "--sweep_limit=16",
+            "--verbose=2"]
+    unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
+    assert _run(tmp_path, args + [f"--workdir={unbroken}"]).returncode == 0
+    killed = _run(tmp_path, args + [f"--workdir={broken}"], kill_at="attack_saved:1")
+    assert killed.returncode == -signal.SIGKILL
+    assert os.listdir(os.path.join(broken, "attack_results")) != [] and not os.path.exists(
+        os.path.join(broken, "report.json"))
+    resumed = _run(tmp_path, args + [f"--workdir={broken}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "stale lock" in resumed.stderr
+    assert "[1/" in resumed.stdout and "pgd10 (eps 0.05): finished before" in resumed.stdout
+    reports = [json.load(open(os.path.join(folder, "report.json"))) for folder in (unbroken, broken)]
+    assert reports[1]["attacks"]["pgd10"]["loaded"]  # pgd10 was not attacked again
+    assert "loaded" not in reports[1]["attacks"]["apgd-ce5+square20"]
+    assert without_keys(reports[0]) == without_keys(reports[1])
+    assert not os.path.exists(os.path.join(broken, fileio.LOCK_NAME))

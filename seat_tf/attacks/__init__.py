@@ -1,12 +1,14 @@
-"""L-inf attacks, in three layers (each imports only the ones above it in this list):
+"""L-inf attacks, in layers (each imports only the ones above it in this list):
 
-    engine.py    `linf_attack`, the one engine (projected signed-gradient ascent with starts,
-                 momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD / CW-inf /
-                 MI-FGSM as configurations of it; random starts, projection, gradients.
-    suite.py     APGD (a step rule on the engine), Square, DeepFool, CW-L2.
-    fab.py       FAB-T (minimal L-inf perturbation by projections onto linearized boundaries).
-    registry.py  `get_attack(name)` for every name, and the `Composite` protocol
-                 ("standard" = APGD-CE -> APGD-T -> FAB-T -> Square, AutoAttack's standard).
+    randomness.py  random draws of the global batch (the same for an example however the
+                   batch is split over replicas).
+    engine.py      `linf_attack`, the one engine (projected signed-gradient ascent with
+                   starts, momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD /
+                   CW-inf / MI-FGSM as configurations of it; random starts, projection.
+    suite.py       APGD (a step rule on the engine), Square, DeepFool, CW-L2.
+    fab.py         FAB-T (minimal L-inf perturbation by projections onto linearized boundaries).
+    registry.py    `get_attack(name)` for every name, and the `Composite` protocol
+                   ("standard" = APGD-CE -> APGD-T -> FAB-T -> Square, AutoAttack's standard).
 
 Every attack is a callable `attack(model_fn, x, y, eps, seed=None) -> x_adv` on images in
 [0, 1], pure TensorFlow (runs inside `tf.function` and `train_step`).
@@ -31,6 +33,7 @@ from seat_tf.attacks.engine import (
     wrong_predictions,
 )
 from seat_tf.attacks.fab import FAB, project_to_hyperplane
+from seat_tf.attacks.randomness import global_batch_noise, global_batch_rows, global_rows
 from seat_tf.attacks.registry import FAST, NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
 from seat_tf.attacks.suite import APGD, APGDStep, CarliniWagnerL2, DeepFool, Square, apgd_checkpoints, square_fraction
 
@@ -55,6 +58,9 @@ __all__ = [
     "choose_targets",
     "fgsm",
     "get_attack",
+    "global_batch_noise",
+    "global_batch_rows",
+    "global_rows",
     "keep_worst",
     "linf_attack",
     "misclassified",

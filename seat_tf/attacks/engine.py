@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from seat_tf import losses
+from seat_tf.attacks.randomness import global_batch_noise
 
 INITS = ("zero", "uniform", "corner", "normal")
 
@@ -29,29 +30,6 @@ def as_seed(seed):
     if isinstance(seed, int):
         return tf.constant([seed, 0], tf.int32)
     return tf.cast(seed, tf.int32)
-
-
-def _global_batch_noise(sampler, shape, seed):
-    """Noise for this replica's slice of the global batch.
-
-    Under a multi-replica strategy each replica draws the noise of the whole global batch
-    from the same seed and keeps its own rows, so the perturbation of an example does not
-    depend on how many devices share the batch (distributed and single-device steps agree).
-    Replicas may hold different numbers of rows (a batch of 15 on 2 replicas is split 8/7),
-    so the rows' offset comes from an all-reduce of every replica's batch size.
-    """
-    context = tf.distribute.get_replica_context()
-    replicas = 1 if context is None else context.num_replicas_in_sync
-    if replicas == 1:
-        return sampler(shape, seed)
-    local = shape[0]
-    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
-    # Batch size of every replica (float32: all-reduce support; exact below 2**24).
-    sizes = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.one_hot(replica, replicas) * tf.cast(local, tf.float32))
-    sizes = tf.cast(sizes, tf.int32)
-    start = tf.reduce_sum(sizes[:replica])
-    noise = sampler(tf.concat([[tf.reduce_sum(sizes)], shape[1:]], axis=0), seed)
-    return noise[start : start + local]
 
 
 def _uniform(shape, seed):
@@ -72,11 +50,11 @@ def random_start(x, radius, init, seed=None):
         return tf.zeros_like(x)
     shape, seed = tf.shape(x), as_seed(seed)
     if init == "uniform":
-        return _global_batch_noise(_uniform, shape, seed) * radius
+        return global_batch_noise(_uniform, shape, seed) * radius
     if init == "corner":
-        return tf.sign(_global_batch_noise(_uniform, shape, seed)) * radius
+        return tf.sign(global_batch_noise(_uniform, shape, seed)) * radius
     if init == "normal":
-        return 0.001 * _global_batch_noise(_normal, shape, seed)
+        return 0.001 * global_batch_noise(_normal, shape, seed)
     raise ValueError(f"Unknown attack init {init!r}; choose one of {INITS}.")
 
 
@@ -294,7 +272,9 @@ def choose_targets(logits, labels, rule, seed=None):
     if rule == "random":
         num_classes = tf.shape(logits)[-1]
         seed = tf.random.experimental.stateless_fold_in(as_seed(seed), 7919)  # independent of the starts
-        shift = tf.random.stateless_uniform(tf.shape(labels), seed, minval=1, maxval=num_classes, dtype=tf.int32)
+        shift = global_batch_noise(
+            lambda shape, seed: tf.random.stateless_uniform(shape, seed, minval=1, maxval=num_classes, dtype=tf.int32),
+            tf.shape(labels), seed)
         return (labels + shift) % num_classes
     raise ValueError(f"Unknown target rule {rule!r}; choose one of {TARGETS}.")
 

@@ -22,7 +22,7 @@ from typing import Optional
 import tensorflow as tf
 
 from seat_tf import losses
-from seat_tf.attacks import engine
+from seat_tf.attacks import engine, randomness
 
 
 def _per_example(values, x):
@@ -231,7 +231,14 @@ class Square:
         def margin(x_adv):
             return -losses.margin_loss(y, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
 
-        stripes = tf.sign(tf.random.stateless_uniform([batch, 1, width, channels], seed, -1.0, 1.0))
+        # Every draw is the global batch's (one lookup of this replica's rows, outside the loop).
+        rows = randomness.global_rows(batch)
+
+        def draw(shape, seed, low=0.0, high=1.0):
+            sample = lambda shape, seed: tf.random.stateless_uniform(shape, seed, low, high)  # noqa: E731
+            return randomness.global_batch_noise(sample, tf.stack(shape), seed, rows)
+
+        stripes = tf.sign(draw([batch, 1, width, channels], seed, -1.0, 1.0))
         x_best = engine.project(x + eps * stripes, x, eps)
         m_best = margin(x_best)
 
@@ -241,15 +248,13 @@ class Square:
             p = square_fraction(i, self.queries, self.p_init)
             side = tf.cast(tf.round(tf.sqrt(p * tf.cast(height * width, tf.float32))), tf.int32)
             side = tf.clip_by_value(side, 1, tf.maximum(tf.minimum(height, width) - 1, 1))
-            top = tf.cast(
-                tf.random.stateless_uniform([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
-            left = tf.cast(
-                tf.random.stateless_uniform([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
+            top = tf.cast(draw([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
+            left = tf.cast(draw([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
             rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
             in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
             window = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [B, H, W, 1]
-            sign = tf.sign(tf.random.stateless_uniform([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
+            sign = tf.sign(draw([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
             candidate = engine.project(tf.where(window, x + eps * sign, x_best), x, eps)
             unchanged = tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])
             sign = tf.where(_per_example(unchanged, sign), -sign, sign)

@@ -5,6 +5,11 @@ report (JSON, Markdown table, accuracy-vs-eps plot).
     result["clean_accuracy"], result["attacks"]["pgd20"]["robust_accuracy"], result["sanity_checks"]
     seat_tf.evaluation.write_report(result, "runs/eval")  # report.json, report.md, PNG
 
+Attacks run one after the other over all batches (one progress bar with an ETA per attack
+and composite stage), data-parallel under `strategy=` (the same per-example results as one
+device), and with `checkpoint_dir=` each finished attack is saved so that a rerun loads it
+instead of attacking again (`store.py`: keyed by model, data, attack, eps, examples, seed).
+
 Protocol. Every attack runs only on the examples the model classifies correctly (an example
 counts as robust only if it is correct both clean and under the attack); a composite runs each
 member only on the examples all earlier members failed to fool. "name@N" evaluates an attack

@@ -1,11 +1,14 @@
 """`evaluate`: the evaluation protocol (correct examples only, composites stage by stage,
 the eps sweep) over the runner, with the sanity checks."""
 
+import contextlib
 import time
 
 import numpy as np
 
+from seat_tf import distribute, fileio
 from seat_tf.evaluation.runner import Entry, Runner, attack_kind, parse_spec
+from seat_tf.evaluation.store import ResultStore
 from seat_tf.validation import check_eps
 from seat_tf.evaluation.sanity import entry_accuracy, entry_summary, sanity_checks, sanity_entries
 
@@ -23,6 +26,8 @@ def evaluate(
     sweep_eps=None,
     sweep_attacks=None,
     sweep_limit=500,
+    strategy=None,
+    checkpoint_dir=None,
 ):
     """Clean and robust accuracy of `model` (images in [0, 1] -> logits) on `dataset`.
 
@@ -34,15 +39,24 @@ def evaluate(
         median L2 norm under "minimal_perturbation".
       eps: L-inf radius in [0, 1] units.
       seed: seed of the attacks' randomness (same seed, same result).
-      verbose: 1 shows a progress bar over batches.
+      verbose: 1 shows a progress bar with an ETA per attack (per stage of a composite), 2 one
+        line per attack (logs).
       limit: evaluate on the first `limit` examples only.
       sanity: run the sanity checks (module docstring) on the first `sanity_limit` examples.
       sweep_eps: eps values for robust accuracy against eps (the report's plot), for
         `sweep_attacks` (default: the L-inf attacks above) on the first `sweep_limit` examples.
+      strategy: a tf.distribute strategy (e.g. `seat_tf.distribute.make_strategy("mirrored")`):
+        each replica attacks its share of every batch; the results equal one device's for the
+        same seed. Build or load the model under `strategy.scope()` so that each replica holds
+        its own copy of the weights.
+      checkpoint_dir: a folder where each finished attack's per-example results are saved;
+        a rerun (after a crash, or with more attacks) loads them instead of attacking again.
+        Results are keyed by model weights, data, attack, eps, number of examples and seed.
 
     Returns:
       dict: num_examples, eps, seed, clean_accuracy, attacks {name: {robust_accuracy, seconds,
-      num_examples, clean_accuracy, max_linf[, stages]}}, minimal_perturbation {name:
+      num_examples, clean_accuracy, max_linf[, stages][, loaded: True if loaded from
+      checkpoint_dir]}}, minimal_perturbation {name:
       {fooling_rate, median_l2, ...}}, worst_case_accuracy (robust only if no attack fooled it,
       on the first worst_case_num_examples examples), sanity_checks, sanity_passed[, sweep].
     """
@@ -58,8 +72,22 @@ def evaluate(
             raise ValueError(f"Attack {key!r} is listed twice.")
         main.append(Entry(key, attack, eps, count))
     extra, large_eps = sanity_entries(main, eps, sanity_limit) if sanity else ([], None)
-    runner = Runner(model, seed)
-    clean = _run_entries(runner, dataset, main + extra, limit, verbose)
+    store, lock = None, contextlib.nullcontext()
+    if checkpoint_dir is not None:
+        # Workers of a multi-worker run keep their own copies (output_dir), as in training.
+        folder = distribute.output_dir(checkpoint_dir, distribute.worker_info(strategy)) if strategy else checkpoint_dir
+        store, lock = ResultStore(folder, model, seed), fileio.WorkdirLock(folder, "evaluate")
+    runner = Runner(model, seed, strategy=strategy, store=store)
+    with lock:
+        clean = _run_entries(runner, dataset, main + extra, limit, verbose)
+        result = _result(main, extra, clean, eps, seed, sanity, large_eps, verbose)
+        if sweep_eps is not None:
+            result["sweep"] = _sweep(runner, dataset, main, sweep_eps, sweep_attacks, sweep_limit, verbose)
+    return result
+
+
+def _result(main, extra, clean, eps, seed, sanity, large_eps, verbose):
+    """The result dict of `evaluate` from the entries that ran."""
     result = {"num_examples": int(clean.size), "eps": float(eps), "seed": seed, "clean_accuracy": float(clean.mean()),
               "attacks": {}, "minimal_perturbation": {}}
     worst = None
@@ -85,8 +113,6 @@ def evaluate(
             for name, check in checks.items():
                 if check["passed"] is False:
                     print(f"\nWARNING: sanity check {name} FAILED: {check['detail']}")
-    if sweep_eps is not None:
-        result["sweep"] = _sweep(runner, dataset, main, sweep_eps, sweep_attacks, sweep_limit, verbose)
     return result
 
 

@@ -24,6 +24,15 @@ def entry_accuracy(entry):
 
 
 def entry_summary(entry):
+    """An entry's reported numbers; "loaded": True if some of its results were loaded from the
+    checkpoint folder, finished by an earlier run (their seconds are that run's)."""
+    out = _summary(entry)
+    if entry.loaded:
+        out["loaded"] = True
+    return out
+
+
+def _summary(entry):
     correct = np.concatenate(entry.correct)
     clean = np.concatenate(entry.clean)
     if entry.kind == "l2":
