@@ -21,7 +21,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from seat_tf.attacks import engine
+from seat_tf.attacks import engine, randomness
 
 
 def _linf(v):
@@ -114,9 +114,10 @@ class FAB:
             for restart in range(self.restarts):
                 start = origin
                 if restart:
-                    noise = tf.random.stateless_uniform(
-                        tf.shape(origin), tf.random.experimental.stateless_fold_in(seed, k * self.restarts + restart),
-                        minval=-1.0, maxval=1.0)
+                    # Rows of the global batch's draw: the same start however replicas split it.
+                    noise = randomness.global_batch_noise(
+                        lambda shape, s: tf.random.stateless_uniform(shape, s, minval=-1.0, maxval=1.0),
+                        tf.shape(origin), tf.random.experimental.stateless_fold_in(seed, k * self.restarts + restart))
                     radius = 0.5 * tf.minimum(best[1], eps)
                     start = tf.clip_by_value(origin + radius[:, None] * noise / _linf(noise)[:, None], 0.0, 1.0)
                 best = self._descend(boundary, logits_of, origin, y, start, best)
