@@ -232,3 +232,35 @@ def test_evaluation_hides_only_its_own_intended_traces(make_tiny_cnn):
         assert any("retracing" in m for m in messages)
     finally:
         tf_logger.removeHandler(handler)
+
+
+class _CountTraces:
+    """An attack that counts its traces: a Python side effect runs only while tf.function traces."""
+
+    def __init__(self, attack, name):
+        self.attack, self.name, self.traces = attack, name, 0
+
+    def __call__(self, *args, **kwargs):
+        self.traces += 1
+        return self.attack(*args, **kwargs)
+
+
+def test_runner_traces_each_attack_once_across_batches_eps_and_stages(trained):
+    """One trace per attack: batches of correctly classified examples differ in size, the last
+    batch is partial, the eps sweep and the composite's later stages (fewer examples) reuse it."""
+    from seat_tf import attacks
+    from seat_tf.evaluation.runner import Entry, Runner
+
+    model, _ = trained
+    x, y = _toy(100, seed=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(40)  # 40, 40, 20
+    pgd = _CountTraces(attacks.LinfPGD(steps=2), "pgd2")
+    fgsm, apgd = _CountTraces(attacks.get_attack("fgsm"), "fgsm"), _CountTraces(attacks.APGD(steps=3), "apgd")
+    composite = attacks.Composite((fgsm, apgd), name="fgsm+apgd")
+    runner = Runner(model, seed=0)
+    entries = [Entry("a", pgd, 0.05), Entry("b", pgd, 0.1), Entry("c", composite, 0.1)]
+    for _ in range(2):
+        runner.run(dataset, entries)
+    assert (pgd.traces, fgsm.traces, apgd.traces) == (1, 1, 1)
+    survivors = np.concatenate(entries[2].stage_correct[0])  # the composite's second stage attacked these
+    assert 0 < survivors.sum() < len(survivors)
