@@ -135,6 +135,38 @@ def test_square_stays_in_budget_is_deterministic_and_fools_a_linear_model(make_l
     assert np.mean(np.argmax(model(x_adv).numpy(), 1) == y) < 0.5
 
 
+def test_square_queries_only_examples_not_yet_fooled(make_linear):
+    """Every row the model sees is a query on an example still correctly classified, so the
+    rows add up to the queries Square reports; and an example's squares do not depend on the
+    rest of the batch (examples fooled from the start leave its result unchanged)."""
+    model, *_ = _linear(make_linear, 3, seed=3, n=16)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (16, 4, 4, 1)).astype(np.float32)
+    y = np.argmax(model(x).numpy(), 1).astype(np.int32)
+    rows = []
+
+    def counting(images):
+        rows.append(int(images.shape[0]))
+        return model(images)
+
+    square = attacks.Square(queries=200)
+    x_adv, queries = square.run(counting, x, y, 0.05, seed=2)
+    x_adv, queries = x_adv.numpy(), queries.numpy()
+    assert sum(rows) == queries.sum()
+    fooled = np.argmax(model(x_adv).numpy(), 1) != y
+    assert fooled.any() and not fooled.all()
+    assert np.all(queries[~fooled] == 200) and np.all((queries[fooled] >= 1) & (queries[fooled] <= 200))
+    assert queries.sum() < 16 * 200  # the fooled ones stopped early
+    # Every other example fooled at the start (a wrong label): example 0 is attacked alone.
+    y_alone = y.copy()
+    y_alone[1:] = (y[1:] + 1) % 3
+    margins = -losses.margin_loss(y_alone, model(x)).numpy()
+    assert np.all(margins[1:] < 0)
+    alone, alone_queries = square.run(model, x, y_alone, 0.05, seed=2)
+    np.testing.assert_allclose(alone.numpy()[0], x_adv[0], atol=1e-6)
+    assert alone_queries.numpy()[0] == queries[0] and np.all(alone_queries.numpy()[1:] == 1)
+
+
 def test_square_fraction_schedule():
     values = [float(attacks.square_fraction(i, 10000, 0.8)) for i in (0, 10, 11, 51, 9000)]
     assert values == pytest.approx([0.8, 0.8, 0.4, 0.2, 0.8 / 512])

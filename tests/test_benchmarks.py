@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -55,3 +57,42 @@ def test_eval_scaleout_benchmark_reports_ratios_and_equal_results(run_module, tm
     assert scaleout["replicas"] == 2 and scaleout["identical_per_example"]
     assert scaleout["time_ratio_mirrored_to_one_device"] > 0
     assert resume["first_attack_loaded"] and resume["same_results"]
+
+
+def test_eval_speed_benchmark_counts_one_trace_per_attack_and_runs_without_art(run_module, tmp_path):
+    # 40 images in batches of 16: three batches of clean-correct subsets of different sizes and
+    # a partial last batch, each attack run twice: a retrace per batch or per call would show as
+    # a trace count above one. A stub `art` package that fails to import stands for a machine
+    # without the optional benchmark extra.
+    rng = np.random.default_rng(0)
+    data = str(tmp_path / "tiny.npz")
+    np.savez(data, x_train=rng.integers(0, 256, (64, 28, 28), dtype=np.uint8), y_train=np.arange(64) % 10,
+             x_test=rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), y_test=np.arange(40) % 10)
+    stub = tmp_path / "stub" / "art"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('stub: ART is not installed')\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- eval-speed-table:start -->\nold\n<!-- eval-speed-table:end -->\nafter\n")
+    out = str(tmp_path / "speed.json")
+    env_path = f"{tmp_path / 'stub'}{os.pathsep}{ROOT}"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.eval_speed", f"--out={out}", f"--dataset={data}", "--train_steps=2",
+         "--limit=40", "--batch_size=16", "--attacks=pgd3,apgd-ce4", "--repeats=1", "--square_limit=16",
+         "--square_queries=20", f"--readme={readme}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=env_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ART is not installed" in result.stdout
+    speed = json.load(open(out))
+    assert speed["art_version"] is None and "not installed" in speed["art_missing"]
+    assert speed["floor_rates"]["forward"] > 0 and speed["floor_rates"]["forward_backward"] > 0
+    assert [row["attack"] for row in speed["attacks"]] == ["pgd3", "apgd-ce4"]
+    for row in speed["attacks"]:
+        assert list(row["implementations"]) == ["seat-tf"]  # no ART rows
+        ours = row["implementations"]["seat-tf"]
+        assert ours["traces"] == 1, row
+        assert ours["first"]["vs_floor"] > 0 and ours["warm"]["vs_floor"] > 0
+    square = speed["square"]
+    assert 1 <= square["queries_spent"] <= 16 * 20  # 1 to 20 forward passes per attacked example
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "| pgd3 |" in text and "old" not in text

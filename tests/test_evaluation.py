@@ -311,3 +311,35 @@ def test_a_changed_model_data_attack_eps_seed_or_limit_is_attacked_again(trained
     # An attack without a stable description (a plain object) is never saved nor loaded.
     assert attacks_run(attack=_OverBudget()) == 1 and attacks_run(attack=_OverBudget()) == 1
     assert not [name for name in os.listdir(folder) if name.startswith("over_budget")]
+
+
+class _CountTraces:
+    """An attack that counts its traces: a Python side effect runs only while tf.function traces."""
+
+    def __init__(self, attack, name):
+        self.attack, self.name, self.traces = attack, name, 0
+
+    def __call__(self, *args, **kwargs):
+        self.traces += 1
+        return self.attack(*args, **kwargs)
+
+
+def test_runner_traces_each_attack_once_across_batches_eps_and_stages(trained):
+    """One trace per attack: batches of correctly classified examples differ in size, the last
+    batch is partial, the eps sweep and the composite's later stages (fewer examples) reuse it."""
+    from seat_tf import attacks
+    from seat_tf.evaluation.runner import Entry, Runner
+
+    model, _ = trained
+    x, y = _toy(100, seed=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(40)  # 40, 40, 20
+    pgd = _CountTraces(attacks.LinfPGD(steps=2), "pgd2")
+    fgsm, apgd = _CountTraces(attacks.get_attack("fgsm"), "fgsm"), _CountTraces(attacks.APGD(steps=3), "apgd")
+    composite = attacks.Composite((fgsm, apgd), name="fgsm+apgd")
+    runner = Runner(model, seed=0)
+    entries = [Entry("a", pgd, 0.05), Entry("b", pgd, 0.1), Entry("c", composite, 0.1)]
+    for _ in range(2):
+        runner.run(dataset, entries)
+    assert (pgd.traces, fgsm.traces, apgd.traces) == (1, 1, 1)
+    survivors = np.concatenate(entries[2].stage_correct[0])  # the composite's second stage attacked these
+    assert 0 < survivors.sum() < len(survivors)

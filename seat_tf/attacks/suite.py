@@ -154,6 +154,7 @@ class APGD:
             step_rule=APGDStep(eps, self.steps, self.rho, self.alpha), keep_best=True,
         )
 
+    @engine.no_autograph
     def __call__(self, model_fn, x, y, eps, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
@@ -218,7 +219,14 @@ class Square:
         if self.queries < 1 or not 0 < self.p_init <= 1:
             raise ValueError(f"Square needs queries >= 1 and 0 < p_init <= 1, got {self}.")
 
+    @engine.no_autograph
     def __call__(self, model_fn, x, y, eps, seed=None):
+        return self.run(model_fn, x, y, eps, seed)[0]
+
+    @engine.no_autograph
+    def run(self, model_fn, x, y, eps, seed=None):
+        """(x_adv, queries [B] int32): the adversarial images and the forward passes spent on
+        each example (1 for the start, then 1 per query until it is misclassified)."""
         x = tf.cast(x, tf.float32)
         if x.shape.rank != 4:
             raise ValueError(f"Square needs images [batch, height, width, channels], got shape {x.shape}.")
@@ -228,8 +236,8 @@ class Square:
         shape = tf.shape(x)
         batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
 
-        def margin(x_adv):
-            return -losses.margin_loss(y, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
+        def margin(x_adv, labels):
+            return -losses.margin_loss(labels, model_fn(x_adv))  # z_y - max_{j != y} z_j; < 0: fooled
 
         # Every draw is the global batch's (one lookup of this replica's rows, outside the loop).
         rows = randomness.global_rows(batch)
@@ -240,9 +248,11 @@ class Square:
 
         stripes = tf.sign(draw([batch, 1, width, channels], seed, -1.0, 1.0))
         x_best = engine.project(x + eps * stripes, x, eps)
-        m_best = margin(x_best)
+        m_best = margin(x_best, y)
 
-        def body(i, x_best, m_best):
+        def body(i, x_best, m_best, spent):
+            # Every example's draws come from the whole batch's, so an example's sequence of
+            # squares does not depend on which others are still being attacked.
             step_seed = tf.random.experimental.stateless_fold_in(seed, i + 1)
             seeds = tf.random.experimental.stateless_split(step_seed, 3)
             p = square_fraction(i, self.queries, self.p_init)
@@ -250,24 +260,32 @@ class Square:
             side = tf.clip_by_value(side, 1, tf.maximum(tf.minimum(height, width) - 1, 1))
             top = tf.cast(draw([batch], seeds[0]) * tf.cast(height - side + 1, tf.float32), tf.int32)
             left = tf.cast(draw([batch], seeds[1]) * tf.cast(width - side + 1, tf.float32), tf.int32)
+            sign = tf.sign(draw([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
+            # Queries go to the examples not fooled yet only: a forward pass on the others is waste.
+            active = tf.where(m_best >= 0)[:, 0]
+            top, left, sign = tf.gather(top, active), tf.gather(left, active), tf.gather(sign, active)
+            x_act, best_act, m_act = tf.gather(x, active), tf.gather(x_best, active), tf.gather(m_best, active)
             rows, cols = tf.range(height)[None, :], tf.range(width)[None, :]
             in_rows = (rows >= top[:, None]) & (rows < top[:, None] + side)
             in_cols = (cols >= left[:, None]) & (cols < left[:, None] + side)
-            window = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [B, H, W, 1]
-            sign = tf.sign(draw([batch, 1, 1, channels], seeds[2], -1.0, 1.0))
-            candidate = engine.project(tf.where(window, x + eps * sign, x_best), x, eps)
-            unchanged = tf.reduce_all(tf.abs(candidate - x_best) < 1e-7, axis=[1, 2, 3])
+            window = (in_rows[:, :, None] & in_cols[:, None, :])[..., None]  # [A, H, W, 1]
+            candidate = engine.project(tf.where(window, x_act + eps * sign, best_act), x_act, eps)
+            unchanged = tf.reduce_all(tf.abs(candidate - best_act) < 1e-7, axis=[1, 2, 3])
             sign = tf.where(_per_example(unchanged, sign), -sign, sign)
-            candidate = engine.project(tf.where(window, x + eps * sign, x_best), x, eps)
-            m_new = margin(candidate)
-            accept = (m_new < m_best) & (m_best >= 0)
-            x_best = tf.ensure_shape(tf.where(_per_example(accept, x_best), candidate, x_best), x.shape)
-            return i + 1, x_best, tf.where(accept, m_new, m_best)
+            candidate = engine.project(tf.where(window, x_act + eps * sign, best_act), x_act, eps)
+            m_new = margin(candidate, tf.gather(y, active))
+            accept = m_new < m_act
+            rows_out = tf.where(_per_example(accept, candidate), candidate, best_act)
+            x_best = tf.tensor_scatter_nd_update(x_best, active[:, None], rows_out)
+            m_best = tf.tensor_scatter_nd_update(m_best, active[:, None], tf.where(accept, m_new, m_act))
+            spent = tf.tensor_scatter_nd_add(spent, active[:, None], tf.ones_like(active, tf.int32))
+            return i + 1, x_best, m_best, spent
 
-        _, x_best, _ = tf.while_loop(
-            lambda i, _, m: (i < self.queries - 1) & tf.reduce_any(m >= 0), body, (tf.constant(0), x_best, m_best)
+        _, x_best, _, spent = tf.while_loop(
+            lambda i, _, m, __: (i < self.queries - 1) & tf.reduce_any(m >= 0), body,
+            (tf.constant(0), x_best, m_best, tf.ones([batch], tf.int32)),
         )
-        return x_best
+        return x_best, spent
 
 
 # -- minimal-perturbation L2 attacks --------------------------------------------------------
@@ -295,6 +313,7 @@ class DeepFool:
     name: Optional[str] = None
     threat_model = "l2"
 
+    @engine.no_autograph
     def __call__(self, model_fn, x, y, eps=None, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
@@ -352,6 +371,7 @@ class CarliniWagnerL2:
     name: Optional[str] = None
     threat_model = "l2"
 
+    @engine.no_autograph
     def __call__(self, model_fn, x, y, eps=None, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
