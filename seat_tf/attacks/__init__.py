@@ -5,7 +5,8 @@
     engine.py      `linf_attack`, the one engine (projected signed-gradient ascent with
                    starts, momentum, restarts, keep-worst); `LinfPGD` names FGSM / PGD /
                    CW-inf / MI-FGSM as configurations of it; random starts, projection.
-    suite.py       APGD (a step rule on the engine), Square, DeepFool, CW-L2.
+    suite.py       APGD (a step rule on the engine), Square.
+    minimal_l2.py  DeepFool, CW-L2 (minimal L2 perturbations; eps ignored).
     fab.py         FAB-T (minimal L-inf perturbation by projections onto linearized boundaries).
     registry.py    `get_attack(name)` for every name, and the `Composite` protocol
                    ("standard" = APGD-CE -> APGD-T -> FAB-T -> Square, AutoAttack's standard).
@@ -35,7 +36,8 @@ from seat_tf.attacks.engine import (
 from seat_tf.attacks.fab import FAB, project_to_hyperplane
 from seat_tf.attacks.randomness import global_batch_noise, global_batch_rows, global_rows
 from seat_tf.attacks.registry import FAST, NAMES_HELP, PRESETS, STANDARD, Composite, get_attack
-from seat_tf.attacks.suite import APGD, APGDStep, CarliniWagnerL2, DeepFool, Square, apgd_checkpoints, square_fraction
+from seat_tf.attacks.minimal_l2 import CarliniWagnerL2, DeepFool
+from seat_tf.attacks.suite import APGD, APGDStep, Square, apgd_checkpoints, square_fraction
 
 __all__ = [
     "APGD",

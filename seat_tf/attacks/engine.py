@@ -64,6 +64,11 @@ def random_start(x, radius, init, seed=None):
     raise ValueError(f"Unknown attack init {init!r}; choose one of {INITS}.")
 
 
+def per_example(values, x):
+    """Reshapes [B] values to broadcast against x [B, ...]."""
+    return tf.reshape(values, tf.concat([[-1], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0))
+
+
 def project(x_adv, x, eps):
     """Projects x_adv onto the L-inf ball of radius eps around x, then onto [0, 1]."""
     x_adv = x + tf.clip_by_value(x_adv - x, -eps, eps)

@@ -1,7 +1,7 @@
 """One registry for every attack name: `get_attack("pgd50x10")`, "fgsm", "apgd-ce",
 "standard", "apgd-ce+square", ... (see NAMES_HELP), and the composite protocol that runs
 named attacks in sequence. It sits above the engine (`engine.py`: FGSM/PGD/CW-inf/MI-FGSM as
-`LinfPGD` configurations), the suite (`suite.py`: APGD, Square, DeepFool, CW-L2) and FAB-T
+`LinfPGD` configurations), the suite (`suite.py`: APGD, Square; `minimal_l2.py`: DeepFool, CW-L2) and FAB-T
 (`fab.py`).
 """
 
@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from seat_tf.attacks.engine import LinfPGD, as_seed, wrong_predictions
 from seat_tf.attacks.fab import FAB
-from seat_tf.attacks.suite import APGD, CarliniWagnerL2, DeepFool, Square
+from seat_tf.attacks.minimal_l2 import CarliniWagnerL2, DeepFool
+from seat_tf.attacks.suite import APGD, Square
 
 # AutoAttack's standard version (Croce & Hein, 2020): APGD-CE (100 steps), APGD-T (9 targets x
 # 100 steps), FAB-T (9 targets x 100 steps), Square (5000 queries), each on what is left.
