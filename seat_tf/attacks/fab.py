@@ -83,6 +83,7 @@ class FAB:
         if not (0.0 <= self.alpha_max <= 1.0 and self.eta > 0 and 0.0 < self.beta < 1.0):
             raise ValueError(f"FAB-T needs 0 <= alpha_max <= 1, eta > 0 and 0 < beta < 1; got {self}.")
 
+    @engine.no_autograph
     def __call__(self, model_fn, x, y, eps, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from seat_tf.attacks.engine import LinfPGD, as_seed, wrong_predictions
+from seat_tf.attacks.engine import LinfPGD, as_seed, no_autograph, wrong_predictions
 from seat_tf.attacks.fab import FAB
 from seat_tf.attacks.minimal_l2 import CarliniWagnerL2, DeepFool
 from seat_tf.attacks.suite import APGD, Square
@@ -125,6 +125,7 @@ class Composite:
         """[(name, attack)] of the members."""
         return [(m if isinstance(m, str) else getattr(m, "name", None) or repr(m), get_attack(m)) for m in self.members]
 
+    @no_autograph
     def __call__(self, model_fn, x, y, eps, seed=None):
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
