@@ -6,6 +6,7 @@ the epochs that fit in PGD-10-AT's 5-epoch budget, through the one experiment do
     python -m benchmarks.budget --out=runs/budget --variants=seat,pgd_at --seeds=0,1 --eps=0.2
     python -m benchmarks.budget --out=runs/budget --epochs=5            # the equal-epochs table instead
     python -m benchmarks.budget --out=runs/budget --report_only --readme=README.md
+    python -m benchmarks.budget --out=runs/budget --variants=seat --options=rel_step_size=2.0 --label=step2
 
 Resumable at two levels: a finished (variant, eps, seed[, epochs]) is a JSON file in
 <out>/runs/ and is skipped; an interrupted one resumes from its last finished epoch (the
@@ -43,6 +44,8 @@ def define_flags():
     flags.DEFINE_list("seeds", ["0"], "Seeds.")
     flags.DEFINE_float("budget_scale", 1.0, "Multiplies the budget (every variant's epochs).")
     flags.DEFINE_integer("epochs", None, "Equal-epochs mode: every variant trains this many epochs.")
+    flags.DEFINE_list("options", [], "Research rows: method overrides key=value (Python literals); needs --label.")
+    flags.DEFINE_string("label", None, "Name of the --options change; its rows are '<variant>+<label>'.")
     flags.DEFINE_boolean("smoke", False, "Tiny data and one epoch (tests).")
     flags.DEFINE_string("data_dir", None, "Dataset folder override (tests: a fake .npz).")
     flags.DEFINE_string("dataset", None, "Dataset override (tests: a .npz path).")
@@ -50,15 +53,23 @@ def define_flags():
     flags.DEFINE_string("readme", None, "Also rewrite this README's section between the budget-table markers.")
 
 
+def variant_name(variant, label=None):
+    return f"{variant}+{label}" if label else variant
+
+
 def run_key(variant, eps, seed, epochs=None, budget_scale=1.0):
     scale = f"_x{budget_scale:g}" if budget_scale != 1.0 and not epochs else ""
     return f"{variant}_eps{eps:g}_s{seed}" + (f"_e{epochs}" if epochs else scale)
 
 
-def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, data_dir=None, budget_scale=1.0):
-    """Trains and evaluates one (variant, eps, seed); returns the saved record."""
+def config_for(variant, eps, seed, epochs=None, smoke=False, dataset=None, data_dir=None, budget_scale=1.0,
+               options=None):
+    """The config of one run: the variant at `eps` and `seed`, with the method's `options`
+    overridden (a research row: same budget as the variant)."""
     config = runner.load_config(CONFIG, variant + (",smoke" if smoke else ""))
     config.method.epsilon = eps
+    for name, value in (options or {}).items():
+        config.method[name] = value
     config.seed = seed
     config.budget_scale *= budget_scale
     if epochs:
@@ -67,9 +78,20 @@ def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, dat
         config.dataset.name = dataset
     if data_dir:
         config.dataset.data_dir = data_dir
-    key = run_key(variant, eps, seed, epochs, budget_scale)
+    return config
+
+
+def run_one(variant, eps, seed, out, epochs=None, smoke=False, dataset=None, data_dir=None, budget_scale=1.0,
+            options=None, label=None):
+    """Trains and evaluates one (variant, eps, seed) (with `options`, the row named `label`);
+    returns the saved record."""
+    if bool(options) != bool(label):
+        raise ValueError("--options and --label go together: a changed method needs its own row name.")
+    config = config_for(variant, eps, seed, epochs, smoke, dataset, data_dir, budget_scale, options)
+    name = variant_name(variant, label)
+    key = run_key(name, eps, seed, epochs, budget_scale)
     record = runner.run(config, os.path.join(out, "work", key), os.path.join(out, "runs", key + ".json"),
-                        variant=variant, equal_epochs=bool(epochs), budget_scale=budget_scale)
+                        variant=name, equal_epochs=bool(epochs), budget_scale=budget_scale, options=options or {})
     return record
 
 
@@ -88,6 +110,15 @@ def summarize(runs):
         scale = run.get("budget_scale", 1.0)
         mode = f"epochs{run['epochs']}" if run.get("equal_epochs") else ("budget" if scale == 1.0 else f"budget x{scale:g}")
         groups.setdefault((mode, run["eps"], run["variant"]), []).append(run)
+    # A budget run whose epochs equal an equal-epochs table's is that table's row too (PGD-10-AT's
+    # 5-epoch budget run is its 5-epoch row): the same config, trained once.
+    trained_for_epochs = {key for key in groups if key[0].startswith("epochs")}
+    for mode, eps in {key[:2] for key in trained_for_epochs}:
+        for run in runs:
+            key = (mode, eps, run["variant"])
+            if (not run.get("equal_epochs") and run.get("budget_scale", 1.0) == 1.0 and run["eps"] == eps
+                    and f"epochs{run['epochs']}" == mode and key not in trained_for_epochs):
+                groups.setdefault(key, []).append(run)
     rows = []
     for (mode, eps, variant), group in sorted(groups.items(), key=lambda item: (item[0][0], -item[0][1])):
         group.sort(key=lambda r: r["seed"])
@@ -97,8 +128,27 @@ def summarize(runs):
             train_seconds=[r["train_seconds"] for r in group], clean=[r["clean"] for r in group],
             pgd50x10=robust("pgd50x10"), apgd_ce=robust("apgd-ce"),
             co=[r["co_epoch"] for r in group], diverged=[r["diverged"] for r in group],
+            **diagnosis(group),
         ))
     return rows
+
+
+def _last(run, name):
+    values = run["history"].get(name) or []
+    return values[-1] if values else None
+
+
+def diagnosis(group):
+    """Where robustness goes, from the last epoch of each run: accuracy against the method's own
+    training attack (training batches), and the CO monitor's FGSM and PGD-10 accuracy and
+    linearity error along PGD-10 (512 test images). A model whose own attack and FGSM leave it
+    far more accurate than PGD-10 was trained against an adversary weaker than PGD."""
+    fields = dict(train_adv_accuracy="adv_accuracy", monitor_fgsm="co_fgsm_accuracy",
+                  monitor_pgd10="co_pgd_accuracy", monitor_linearity_error="co_linearity_error")
+    rows = {key: [_last(r, name) for r in group] for key, name in fields.items()}
+    rows["fgsm_minus_pgd10"] = [None if f is None or p is None else f - p
+                                for f, p in zip(rows["monitor_fgsm"], rows["monitor_pgd10"])]
+    return {key: [v for v in values if v is not None] for key, values in rows.items()}
 
 
 def markdown(rows):
@@ -122,7 +172,30 @@ def markdown(rows):
                              f"{fmt(row['train_seconds'], 0)} | {fmt(row['clean'])} | {fmt(row['pgd50x10'])} | "
                              f"{fmt(row['apgd_ce'])} | {co} |")
             lines.append("")
+    lines += diagnosis_markdown(rows)
     return "\n".join(lines)
+
+
+def diagnosis_markdown(rows):
+    """One table over every time-budget run: how strong was the adversary each model was
+    trained against, measured after its last epoch (see `diagnosis`)."""
+    def fmt(values):
+        return " / ".join(f"{v:.2f}" for v in values) if values else "-"
+
+    selected = [row for row in rows if row["mode"] == "budget" and row.get("monitor_pgd10")]
+    if not selected:
+        return []
+    lines = ["**Where the gap comes from (time budget, after the last epoch)**: accuracy against the method's own "
+             "training attack (training batches), FGSM and PGD-10 accuracy and the linearity error along PGD-10 "
+             "(CO monitor, 512 test images)", "",
+             "| eps | method | own attack (train) | FGSM | PGD-10 | FGSM - PGD-10 | linearity error |",
+             "|---|---|---|---|---|---|---|"]
+    selected.sort(key=lambda row: (-row["eps"], -_mean(row["pgd50x10"])))
+    for row in selected:
+        lines.append(f"| {row['eps']:g} | {row['variant']} | {fmt(row['train_adv_accuracy'])} | "
+                     f"{fmt(row['monitor_fgsm'])} | {fmt(row['monitor_pgd10'])} | {fmt(row['fgsm_minus_pgd10'])} | "
+                     f"{fmt(row['monitor_linearity_error'])} |")
+    return lines + [""]
 
 
 def plot(runs, path):
@@ -184,13 +257,14 @@ def main(argv):
         for eps in (float(e) for e in FLAGS.eps):
             for variant in FLAGS.variants:
                 for seed in (int(s) for s in FLAGS.seeds):
-                    key = run_key(variant, eps, seed, FLAGS.epochs, FLAGS.budget_scale)
+                    key = run_key(variant_name(variant, FLAGS.label), eps, seed, FLAGS.epochs, FLAGS.budget_scale)
                     if os.path.exists(os.path.join(FLAGS.out, "runs", key + ".json")):
                         print(f"[budget] {key}: done, skipped")
                         continue
                     print(f"[budget] {key}: training", flush=True)
                     run_one(variant, eps, seed, FLAGS.out, epochs=FLAGS.epochs, smoke=FLAGS.smoke,
-                            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, budget_scale=FLAGS.budget_scale)
+                            dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, budget_scale=FLAGS.budget_scale,
+                            options=runner.parse_options(FLAGS.options), label=FLAGS.label)
                     write_report(FLAGS.out, FLAGS.readme)
     print(write_report(FLAGS.out, FLAGS.readme))
 

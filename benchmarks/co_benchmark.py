@@ -12,7 +12,6 @@ on the first 1000 test images. Runs are resumable (one JSON record per (method, 
     python -m benchmarks.co_benchmark --out=runs/co --methods=seat --options=epsilon_warmup_steps=1000 --variant=warmup
 """
 
-import ast
 import os
 import sys
 
@@ -39,17 +38,6 @@ def define_flags():
     flags.DEFINE_boolean("smoke", False, "The config's seconds-long smoke protocol (tests).")
     flags.DEFINE_string("dataset", None, "Dataset override (tests: a .npz path).")
     flags.DEFINE_boolean("report_only", False, "Only rebuild the report from saved runs.")
-
-
-def parse_options(items):
-    options = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            options[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[key] = value
-    return options
 
 
 def run_name(method, variant, eps, seed):
@@ -129,7 +117,7 @@ def write_report(out):
 def main(argv):
     del argv
     if not FLAGS.report_only:
-        options = parse_options(FLAGS.options)
+        options = runner.parse_options(FLAGS.options)
         for seed in (int(s) for s in FLAGS.seeds):
             for method in FLAGS.methods:
                 name = run_name(method, FLAGS.variant, FLAGS.eps, seed)

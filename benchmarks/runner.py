@@ -7,6 +7,7 @@ interrupted one resumes from its last finished epoch (Keras' BackupAndRestore st
 module's per-epoch training clock live in the run's workdir).
 """
 
+import ast
 import importlib.util
 import json
 import os
@@ -114,6 +115,18 @@ def run(config, workdir, record_path, **extra):
     record.update(extra)
     fileio.write_json_atomic(record, record_path)
     return record
+
+
+def parse_options(items):
+    """["key=value", ...] -> {key: value}: values as Python literals where they parse, else strings."""
+    options = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
 
 
 def load_records(folder):

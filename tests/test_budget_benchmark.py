@@ -65,16 +65,41 @@ def test_smoke_run_writes_records_report_and_plot(tmp_path, fake_fmnist_npz):
     assert {row["variant"] for row in results["rows"]} == {"seat", "elle_a"}
 
 
-def test_summary_groups_seeds_and_orders_by_robustness():
-    def run(variant, seed, pgd):
-        return dict(variant=variant, eps=0.2, seed=seed, epochs=3, train_seconds=10.0, clean=0.8,
-                    robust={"pgd50x10": pgd, "apgd-ce": pgd - 0.01}, co_epoch=None, diverged=False)
+def test_research_rows_change_the_method_and_keep_the_variant_s_budget():
+    from seat_tf import experiment
 
-    rows = budget.summarize([run("a", 0, 0.3), run("a", 1, 0.5), run("b", 0, 0.45)])
+    config = budget.config_for("seat", 0.1, 1, options={"rel_step_size": 2.0, "lam": 1.0})
+    assert config.epochs == budget.config_for("seat", 0.1, 1).epochs and config.seed == 1
+    model = experiment.build_model(config, total_steps=10)
+    assert (model.variant.rel_step_size, model.lam, model.epsilon) == (2.0, 1.0, 0.1)
+    assert budget.run_key(budget.variant_name("seat", "step2"), 0.1, 1) == "seat+step2_eps0.1_s1"
+    with pytest.raises(ValueError, match="--label"):
+        budget.run_one("seat", 0.1, 1, "unused", options={"lam": 1.0})
+
+
+def test_summary_groups_seeds_orders_by_robustness_and_diagnoses_the_adversary():
+    def run(variant, seed, pgd, epochs=3, equal_epochs=False):
+        history = dict(adv_accuracy=[0.5, 0.9], co_fgsm_accuracy=[0.5, 0.7], co_pgd_accuracy=[0.4, pgd],
+                       co_linearity_error=[0.3, 0.25])
+        return dict(variant=variant, eps=0.2, seed=seed, epochs=epochs, train_seconds=10.0, clean=0.8,
+                    robust={"pgd50x10": pgd, "apgd-ce": pgd - 0.01}, co_epoch=None, diverged=False,
+                    history=history, equal_epochs=equal_epochs)
+
+    runs = [run("a", 0, 0.3), run("a", 1, 0.5), run("b", 0, 0.45)]
+    rows = budget.summarize(runs)
     assert [(r["variant"], r["seeds"]) for r in rows] == [("a", [0, 1]), ("b", [0])]
+    assert rows[0]["monitor_pgd10"] == [0.3, 0.5] and rows[0]["train_adv_accuracy"] == [0.9, 0.9]
+    assert rows[0]["fgsm_minus_pgd10"] == pytest.approx([0.4, 0.2])
     table = budget.markdown(rows)
     assert table.index("| b |") < table.index("| a |")  # b's PGD-50-10 0.45 beats a's mean 0.40
     assert "0.300 / 0.500" in table
+    assert "| 0.2 | a | 0.90 / 0.90 | 0.70 / 0.70 | 0.30 / 0.50 | 0.40 / 0.20 | 0.25 / 0.25 |" in table
+    # Equal epochs: a budget run that trained exactly that many epochs is the table's row too,
+    # unless the variant has its own equal-epochs runs.
+    rows = budget.summarize(runs + [run("a", 0, 0.2, 3, True), run("c", 0, 0.1, 5, True)])
+    equal = {r["variant"]: r["pgd50x10"] for r in rows if r["mode"] == "epochs3"}
+    assert equal == {"a": [0.2], "b": [0.45]}
+    assert "epochs5" in {r["mode"] for r in rows}
 
 
 def test_plain_cnn_study_configs_and_their_identification():
