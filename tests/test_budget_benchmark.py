@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
 from benchmarks import budget
@@ -123,3 +124,32 @@ def test_exploded_flags_blow_ups_not_noise():
     assert not exploded([2.3, 1.9, 1.5, 1.6])
     assert exploded([1.9, 1.5, 7e5])
     assert exploded([1.9, float("nan")])
+
+
+def test_adversary_strength_matches_closed_forms_on_a_binary_linear_model(make_linear):
+    """On a binary linear model every gradient sign is the same everywhere in the ball: FGSM and
+    PGD-10 (4 steps of eps/4 reach the corner) move every pixel by eps to the worst corner, whose
+    accuracy is closed-form; SEAT's step of eps from a random corner keeps only the pixels whose
+    random sign agrees with the gradient's (about half) and leaves the others at x."""
+    from benchmarks import adversary_strength
+    from tests.closed_form import flat, linear_problem
+
+    W, b, x, _ = linear_problem((8, 8, 1), 2, seed=3, batch=64, scale=0.4)
+    y = np.argmax(flat(x) @ W + b, -1)
+    eps = 0.01
+    classifier = make_linear(W, b, (8, 8, 1))
+    before = [w.copy() for w in classifier.get_weights()]
+    margin = np.take_along_axis(flat(x) @ W + b, y[:, None], 1)[:, 0] - (flat(x) @ W + b)[np.arange(64), 1 - y]
+    worst_corner_accuracy = np.mean(margin - eps * np.abs(W[:, 1] - W[:, 0]).sum() > 0)
+    assert 0.1 < worst_corner_accuracy < 0.9  # the closed form is not vacuous
+
+    x, y = x.astype(np.float32), y.astype(np.int32)
+    for name in ("fgsm_at (zero start, step eps)", "pgd_at (10 steps of eps/4)"):
+        row = adversary_strength.measure(classifier, x, y, eps, adversary_strength.ADVERSARIES[name], batch_size=32)
+        assert row["full_radius_share"] == pytest.approx(1.0) and row["mean_abs_delta_over_eps"] == pytest.approx(1.0, abs=1e-4)
+        assert row["accuracy"] == pytest.approx(worst_corner_accuracy)
+    seat = adversary_strength.measure(classifier, x, y, eps, adversary_strength.ADVERSARIES["seat (corner start, step eps)"])
+    assert 0.4 < seat["full_radius_share"] < 0.6
+    assert seat["mean_abs_delta_over_eps"] == pytest.approx(seat["full_radius_share"], abs=1e-4)  # every pixel: 0 or eps
+    assert seat["accuracy"] > worst_corner_accuracy
+    assert all(np.array_equal(w, v) for w, v in zip(before, classifier.get_weights()))
