@@ -167,6 +167,25 @@ def test_seat_attack_default_step_is_eps_then_projected(recorded_starts):
     assert np.any(expected == 0) and np.any(expected != 0)
 
 
+def test_seat_attack_steps_repeat_the_signed_step_from_each_iterate(recorded_starts):
+    """attack_steps=2: the second step starts where the first ended (its own gradient of margin
+    + lam * |residual relative to the clean x|), then projects onto the ball again. Pixels the
+    first step left at x move by the second."""
+    W, b, x, y = _problem(seed=3)
+    clean_loss, clean_grad = cf.ce(W, b, x, y), cf.ce_grad_x(W, b, x, y)
+    x_adv = _perturb(_seat(W, b, lam=1.0, attack_steps=2), x, y, _numpy_clean_pass(W, b, x, y))
+    point = x + recorded_starts[0]
+    for _ in range(2):
+        direction = _direction(W, b, x, y, point, clean_loss, clean_grad, 1.0)
+        point = x + np.clip(point + EPS * direction - x, -EPS, EPS)
+    np.testing.assert_allclose(x_adv, point, atol=1e-6)
+    one_step = x + np.where(_direction(W, b, x, y, x + recorded_starts[0], clean_loss, clean_grad, 1.0)
+                            == np.sign(recorded_starts[0]), recorded_starts[0], 0.0)
+    assert np.any(np.abs(x_adv - one_step) > EPS / 2)  # not the single step's result
+    with pytest.raises(ValueError, match="attack_steps"):
+        seat_tf.SEATVariant(attack_steps=0)
+
+
 def test_seat_attack_clips_to_the_unit_box(recorded_starts):
     W, b, x, y = _problem(seed=4)
     x = x.copy()

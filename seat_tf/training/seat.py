@@ -35,6 +35,9 @@ class SEATVariant:
     Fields:
       init: attack start: "corner" (authors' code: x + eps * random sign), "uniform" or "zero".
       rel_step_size: attack step relative to eps when step_size is None (1.0, the authors').
+      attack_steps: signed steps of the inner attack (1: the paper's single step). More steps
+        buy a stronger adversary with the same objective, at one forward and backward pass
+        each (a research option: README, "Which method for my time budget?").
       step_size: absolute attack step (overrides rel_step_size).
       attack_loss: "margin" (paper) or "ce" (ablation: SEAT without the margin-loss attack).
       margin_on: "logits" (paper's formula) or "probs" (authors' code).
@@ -55,6 +58,7 @@ class SEATVariant:
 
     init: str = "corner"
     rel_step_size: float = 1.0
+    attack_steps: int = 1
     step_size: float = None
     attack_loss: str = "margin"
     margin_on: str = "logits"
@@ -69,6 +73,8 @@ class SEATVariant:
             raise ValueError(f"init must be 'corner', 'uniform' or 'zero', got {self.init!r}.")
         if self.rel_step_size <= 0:
             raise ValueError(f"rel_step_size must be > 0, got {self.rel_step_size}.")
+        if isinstance(self.attack_steps, bool) or not isinstance(self.attack_steps, int) or self.attack_steps < 1:
+            raise ValueError(f"attack_steps must be an integer >= 1, got {self.attack_steps!r}.")
         if self.step_size is not None and self.step_size <= 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}.")
         if self.attack_loss not in ("margin", "ce"):
@@ -201,7 +207,7 @@ class SEATModel(AdversarialModel):
         return self._attack_score if self.variant.init == "zero" else None
 
     def perturb(self, x, y, epsilon, clean):
-        """Inner step: one signed step on margin loss + lam * linearity error, from a random start."""
+        """Inner step: signed step(s) on margin loss + lam * linearity error, from a random start."""
         variant = self.variant
         lam = self.lam if variant.attack_lam is None else variant.attack_lam
 
@@ -219,7 +225,8 @@ class SEATModel(AdversarialModel):
 
         step = variant.step_size if variant.step_size is not None else variant.rel_step_size * epsilon
         return attacks.linf_attack(
-            attack_objective, x, eps=epsilon, step_size=step, steps=1, init=variant.init, seed=self.step_seed(),
+            attack_objective, x, eps=epsilon, step_size=step, steps=variant.attack_steps, init=variant.init,
+            seed=self.step_seed(),
             initial_gradient=clean.attack_grad,
         )
 
