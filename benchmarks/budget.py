@@ -177,22 +177,26 @@ def markdown(rows):
 
 
 def diagnosis_markdown(rows):
-    """One table over every time-budget run: how strong was the adversary each model was
-    trained against, measured after its last epoch (see `diagnosis`)."""
+    """One table over every run (a run in two tables listed once): how strong was the
+    adversary each model was trained against, measured after its last epoch (`diagnosis`)."""
     def fmt(values):
         return " / ".join(f"{v:.2f}" for v in values) if values else "-"
 
-    selected = [row for row in rows if row["mode"] == "budget" and row.get("monitor_pgd10")]
+    selected, seen = [], set()
+    for row in sorted(rows, key=lambda row: (row["mode"] != "budget", -row["eps"], -_mean(row["pgd50x10"]))):
+        key = (row["eps"], row["variant"], row["epochs"], tuple(row["seeds"]))
+        if row.get("monitor_pgd10") and key not in seen and not row["mode"].startswith("budget x"):
+            seen.add(key)
+            selected.append(row)
     if not selected:
         return []
-    lines = ["**Where the gap comes from (time budget, after the last epoch)**: accuracy against the method's own "
-             "training attack (training batches), FGSM and PGD-10 accuracy and the linearity error along PGD-10 "
+    lines = ["**Where the gap comes from (after the last epoch)**: accuracy against the method's own training "
+             "attack (training batches), FGSM and PGD-10 accuracy and the linearity error along PGD-10 "
              "(CO monitor, 512 test images)", "",
-             "| eps | method | own attack (train) | FGSM | PGD-10 | FGSM - PGD-10 | linearity error |",
-             "|---|---|---|---|---|---|---|"]
-    selected.sort(key=lambda row: (-row["eps"], -_mean(row["pgd50x10"])))
+             "| eps | method | epochs | own attack (train) | FGSM | PGD-10 | FGSM - PGD-10 | linearity error |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in selected:
-        lines.append(f"| {row['eps']:g} | {row['variant']} | {fmt(row['train_adv_accuracy'])} | "
+        lines.append(f"| {row['eps']:g} | {row['variant']} | {row['epochs']} | {fmt(row['train_adv_accuracy'])} | "
                      f"{fmt(row['monitor_fgsm'])} | {fmt(row['monitor_pgd10'])} | {fmt(row['fgsm_minus_pgd10'])} | "
                      f"{fmt(row['monitor_linearity_error'])} |")
     return lines + [""]

@@ -94,7 +94,7 @@ def test_summary_groups_seeds_orders_by_robustness_and_diagnoses_the_adversary()
     table = budget.markdown(rows)
     assert table.index("| b |") < table.index("| a |")  # b's PGD-50-10 0.45 beats a's mean 0.40
     assert "0.300 / 0.500" in table
-    assert "| 0.2 | a | 0.90 / 0.90 | 0.70 / 0.70 | 0.30 / 0.50 | 0.40 / 0.20 | 0.25 / 0.25 |" in table
+    assert "| 0.2 | a | 3 | 0.90 / 0.90 | 0.70 / 0.70 | 0.30 / 0.50 | 0.40 / 0.20 | 0.25 / 0.25 |" in table
     # Equal epochs: a budget run that trained exactly that many epochs is the table's row too,
     # unless the variant has its own equal-epochs runs.
     rows = budget.summarize(runs + [run("a", 0, 0.2, 3, True), run("c", 0, 0.1, 5, True)])
