@@ -27,6 +27,7 @@ ADVERSARIES = {
     "seat (corner start, step eps)": dict(name="seat"),
     "seat, step 1.5 eps": dict(name="seat", rel_step_size=1.5),
     "seat, step 2 eps": dict(name="seat", rel_step_size=2.0),
+    "seat, 2 steps of eps": dict(name="seat", attack_steps=2),
     "fgsm_at (zero start, step eps)": dict(name="fgsm_at", rel_step_size=1.0),
     "rs_fgsm (uniform start, step 1.25 eps)": dict(name="rs_fgsm", rel_step_size=1.25),
     "n_fgsm (noise 2 eps, step eps, no projection)": dict(name="n_fgsm", noise_factor=2.0, rel_step_size=1.0),
