@@ -49,7 +49,7 @@ def measure(classifier, x, y, eps, method, batch_size=250):
     import numpy as np
     import tensorflow as tf
 
-    from seat_tf import experiment
+    from seat_tf import experiment, losses
 
     constructor, kwargs = experiment.method_constructor(ml_collections.ConfigDict(dict(method=dict(method))))
     model = constructor(classifier, epsilon=eps, **kwargs)
@@ -63,7 +63,7 @@ def measure(classifier, x, y, eps, method, batch_size=250):
             x_adv = model.perturb(xb, yb, tf.constant(eps, tf.float32), clean)
             logits = classifier(x_adv, training=False)
             correct.append((np.argmax(logits, -1) == yb.numpy()))
-            ce.append(tf.keras.losses.sparse_categorical_crossentropy(yb, logits, from_logits=True).numpy())
+            ce.append(losses.cross_entropy(yb, logits).numpy())
             delta = np.abs((x_adv - xb).numpy()).reshape(len(xb), -1)
             moved.append(delta.mean(-1) / eps)
             full.append((delta >= eps * 0.999).mean(-1))
