@@ -27,6 +27,7 @@ STUDY = (
     + [(m, "ncg", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [("plain", "ncg_dbp", 0.3, 10, s) for s in (1, 0)]
+    + [("norm", "ncg_dbp", 0.3, 10, s) for s in (0, 1)]
     + [(m, "paper", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "paper", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
 )
