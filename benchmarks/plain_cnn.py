@@ -4,6 +4,7 @@ eps, epochs, seed), resumably (one JSON record per run), and writes study.md / r
 
     python -m benchmarks.plain_cnn --out=docs/results/plain_cnn            # run what is missing, report
     python -m benchmarks.plain_cnn --out=docs/results/plain_cnn --report_only
+    python -m benchmarks.plain_cnn --out=... --only=norm_ncg_dbp_eps0.3_e10_s0   # one run of the study
     python -m benchmarks.plain_cnn --out=... --import_runs=/path/a,/path/b  # records from finished workdirs
 """
 
@@ -38,6 +39,7 @@ def define_flags():
     flags.DEFINE_boolean("report_only", False, "Only rebuild the report.")
     flags.DEFINE_list("import_runs", [], "Finished `seat-tf train` workdirs of study configs to record.")
     flags.DEFINE_string("readme", None, "Also rewrite this README's plain-cnn-table section.")
+    flags.DEFINE_list("only", [], "Run only these study keys (e.g. norm_ncg_dbp_eps0.3_e10_s0); default: all missing.")
 
 
 def key(model, variant, eps, epochs, seed):
@@ -113,7 +115,12 @@ def main(argv):
     for workdir in FLAGS.import_runs:
         print(f"[plain_cnn] imported {workdir} as {import_run(workdir, FLAGS.out)}")
     if not FLAGS.report_only:
+        unknown = set(FLAGS.only) - {key(*entry) for entry in STUDY}
+        if unknown:
+            raise app.UsageError(f"--only names runs that are not in the study: {sorted(unknown)}")
         for entry in STUDY:
+            if FLAGS.only and key(*entry) not in FLAGS.only:
+                continue
             path = os.path.join(FLAGS.out, "runs", key(*entry) + ".json")
             if os.path.exists(path):
                 continue
