@@ -6,6 +6,7 @@ seat_tf.defaults) into datasets, a model, an optimizer and callbacks (`build_*`)
 
 import functools
 import json
+import logging
 import os
 import time
 
@@ -246,17 +247,18 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
     os.makedirs(outdir, exist_ok=True)
     fileio.write_json_atomic(to_dict(config), os.path.join(outdir, "config.json"))
     # Monitors first: their values enter the epoch logs before TensorBoard and History read them.
-    callbacks = monitors + [distribute.backup_callback(os.path.join(workdir, "backup"))]
+    epoch_log = EpochLog(os.path.join(outdir, "epoch_log.json"))
+    callbacks = monitors + [epoch_log, distribute.backup_callback(os.path.join(workdir, "backup"))]
     if worker.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard")))
-    start = time.time()
-    history = model.fit(
+    model.fit(
         distribute.shard(train_ds, strategy), validation_data=distribute.shard(val_ds, strategy),
         epochs=config.epochs, callbacks=callbacks, verbose=verbose,
         shuffle=False,  # the tf.data pipeline shuffles
     )
-    train_seconds = time.time() - start
-    history_dict = {k: [float(v) for v in values] for k, values in history.history.items()}
+    # Every epoch of the run, also those trained before a kill and resume (Keras' History
+    # holds only this process's epochs).
+    history_dict, train_seconds = epoch_log.history(), sum(epoch_log.seconds)
     fileio.write_json_atomic(history_dict, os.path.join(outdir, "history.json"))
     fileio.save_model_atomic(model, os.path.join(outdir, "model.keras"))
     divergence = report_monitors(monitors, outdir)
@@ -284,6 +286,41 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
     return result
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Each finished epoch's logs and seconds, kept in a JSON file so that a run resumed at
+    epoch k (BackupAndRestore) still reports epochs 1..k: history.json, training curves and
+    train_seconds cover the whole run. List it after the monitors (their values are in the logs)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.logs, self.seconds = [], []
+        self._first = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first:
+            self._first = False
+            if epoch > 0 and os.path.exists(self.path):  # resumed: the epochs before `epoch`
+                with open(self.path) as f:
+                    saved = json.load(f)
+                self.logs, self.seconds = saved["logs"][:epoch], saved["seconds"][:epoch]
+            if len(self.logs) != epoch:  # a workdir from before this log existed
+                logging.warning("%s holds %d epochs but training resumes at epoch %d: history.json will "
+                                "lack the missing ones.", self.path, len(self.logs), epoch + 1)
+        del self.logs[epoch:], self.seconds[epoch:]
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.append({k: float(v) for k, v in (logs or {}).items()})
+        self.seconds.append(time.time() - self._start)
+        fileio.write_json_atomic({"logs": self.logs, "seconds": self.seconds}, self.path)
+
+    def history(self):
+        """{metric: [value per epoch]}, like keras.callbacks.History.history."""
+        keys = list(dict.fromkeys(k for logs in self.logs for k in logs))
+        return {k: [logs.get(k, float("nan")) for logs in self.logs] for k in keys}
 
 
 def report_monitors(monitors, workdir):

@@ -292,6 +292,34 @@ def test_co_monitor_restore_rewinds_weights_and_lowers_lr_and_step(make_tiny_cnn
     assert saved["collapsed_epoch"] == 4 and [r["action"] for r in saved["records"]][-2:] == ["restored", "restored"]
 
 
+def test_co_monitor_resumed_run_continues_from_its_log(make_tiny_cnn, toy_data, tmp_path):
+    """A run killed after epoch 4 and resumed (BackupAndRestore: fit from initial_epoch=4) with
+    a fresh model and monitor: the monitor takes epochs 1-4 from its log, lowers the learning
+    rate and step again for the restore of epoch 4 (neither is in a weights backup), and ends
+    with the unbroken run's records."""
+    log_path = str(tmp_path / "co.json")
+    first = ScriptedMonitor(COLLAPSING[:4], action="restore", lr_factor=0.5, step_factor=0.5, log_path=log_path)
+    _fit_with(first, make_tiny_cnn, toy_data, epochs=4)
+    assert first.restores == 1
+    x, y = toy_data
+    resumed = ScriptedMonitor(COLLAPSING, action="restore", lr_factor=0.5, step_factor=0.5, log_path=log_path)
+    model = seat_tf.FGSMATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None)
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    lr_during_epoch_5 = []
+    probe = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda e, logs: lr_during_epoch_5.append(float(model.optimizer.learning_rate)))
+    history = model.fit(x, y, batch_size=32, epochs=5, initial_epoch=4, verbose=0, callbacks=[resumed, probe])
+    assert len(history.history["loss"]) == 1
+    assert lr_during_epoch_5 == [pytest.approx(0.025)]  # the restore of epoch 4, applied again
+    # Epoch 5 collapses too (its PGD accuracy is compared with the best of epochs 1-3).
+    assert resumed.collapsed_epoch == 4 and resumed.restores == 2
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05 * 0.25)
+    assert model.rel_step_size == pytest.approx(0.25)
+    saved = json.load(open(log_path))
+    assert [r["epoch"] for r in saved["records"]] == [1, 2, 3, 4, 5]
+    assert [r["action"] for r in saved["records"]] == [None, None, None, "restored", "restored"]
+
+
 def test_co_monitor_restore_scales_a_schedule_and_seat_step(make_tiny_cnn, toy_data):
     x, y = toy_data
     model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, variant=dict(step_size=0.04))

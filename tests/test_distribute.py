@@ -181,11 +181,14 @@ def killed_and_resumed(tmp_path_factory):
         workers[0].send_signal(signal.SIGKILL)
         workers[0].wait()
     resumed_from = _backup_epoch(workdir)
+    epoch_logs_before = {folder: json.load(open(os.path.join(workdir, folder, "epoch_log.json")))
+                         for folder in ("", "worker-1") if os.path.exists(os.path.join(workdir, folder, "epoch_log.json"))}
     workers = _start_workers(config_path, workdir, logs)
     codes = [worker.wait(timeout=600) for worker in workers]
     log_text = "".join(open(os.path.join(logs, name)).read()[-3000:] for name in sorted(os.listdir(logs))
                        if name.endswith(".log"))
-    return dict(workdir=workdir, resumed_from=resumed_from, chief_code=chief_code, codes=codes, logs=log_text)
+    return dict(workdir=workdir, resumed_from=resumed_from, chief_code=chief_code, codes=codes, logs=log_text,
+                epoch_logs_before=epoch_logs_before)
 
 
 def _load(path):
@@ -214,9 +217,19 @@ def test_restarted_workers_resume_without_repeating_epochs(killed_and_resumed):
     assert run["codes"] == [0, 0], run["logs"]
     assert 1 <= run["resumed_from"] < EPOCHS, "the kill must land mid-run"
     assert run["chief_code"] not in (None, 0), "the chief should stop with an error when a worker dies"
-    for folder in (run["workdir"], os.path.join(run["workdir"], "worker-1")):
-        history = json.load(open(os.path.join(folder, "history.json")))
-        assert len(history["loss"]) == EPOCHS - run["resumed_from"]
+    # The epochs before the resume were not trained again (their logged seconds are the first
+    # run's), and history.json still covers every epoch of the run.
+    before = run["epoch_logs_before"][""]
+    assert len(before["seconds"]) >= run["resumed_from"]
+    for folder in ("", "worker-1"):
+        after = json.load(open(os.path.join(run["workdir"], folder, "epoch_log.json")))
+        logged = run["epoch_logs_before"].get(folder, {"seconds": []})["seconds"]
+        # (worker 1 may have been killed before logging an epoch the chief had backed up)
+        assert len(after["seconds"]) == EPOCHS if len(logged) >= run["resumed_from"] else len(after["seconds"]) < EPOCHS
+        kept = min(run["resumed_from"], len(logged))
+        assert after["seconds"][:kept] == logged[:kept]
+    history = json.load(open(os.path.join(run["workdir"], "history.json")))
+    assert len(history["loss"]) == EPOCHS
     # The optimizer state came back too: exactly EPOCHS epochs of steps in total.
     assert int(_load(os.path.join(run["workdir"], "model.keras")).optimizer.iterations) == EPOCHS * STEPS_PER_EPOCH
     assert not os.path.exists(os.path.join(run["workdir"], "backup", "worker-0"))  # removed after success

@@ -69,18 +69,42 @@ def _run(tmp_path, args, kill_at=None):
 @pytest.mark.slow
 def test_train_killed_after_epoch_2_resumes_to_the_weights_of_an_unbroken_run(tmp_path, fake_fmnist_npz):
     args = ["train", "--config=configs/fashion_mnist_seat.py:smoke", f"--config.dataset.name={fake_fmnist_npz}",
-            "--config.epochs=3", "--config.dataset.batch_size=32", "--verbose=0"]
+            "--config.epochs=3", "--config.dataset.batch_size=32", "--verbose=0",
+            "--config.diagnostics.co_monitor=True", "--config.diagnostics.examples=32",
+            "--config.diagnostics.co_attack=pgd2"]
     unbroken, broken = str(tmp_path / "unbroken"), str(tmp_path / "broken")
     assert _run(tmp_path, args + [f"--workdir={unbroken}"]).returncode == 0
     killed = _run(tmp_path, args + [f"--workdir={broken}"], kill_at="epoch_end:2")
     assert killed.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(broken, "model.keras"))
     assert os.path.exists(os.path.join(broken, fileio.LOCK_NAME))  # left behind by the killed run
+    before_resume = json.load(open(os.path.join(broken, "epoch_log.json")))
+    assert len(before_resume["logs"]) == 2
     resumed = _run(tmp_path, args + [f"--workdir={broken}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stale lock" in resumed.stderr
+    # Only epoch 3 was trained again (epochs 1-2 keep the killed run's own wall-clock seconds),
+    # yet history.json, the CO monitor's log and train_seconds cover all three epochs, with the
+    # values of the unbroken run.
+    after_resume = json.load(open(os.path.join(broken, "epoch_log.json")))
+    assert after_resume["seconds"][:2] == before_resume["seconds"]
     history = json.load(open(os.path.join(broken, "history.json")))
-    assert len(history["loss"]) == 1  # only epoch 3 was trained again
+    expected = json.load(open(os.path.join(unbroken, "history.json")))
+    assert sorted(history) == sorted(expected) and len(history["loss"]) == 3
+    for key in expected:
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    co_broken = json.load(open(os.path.join(broken, "co_monitor.json")))["records"]
+    co_unbroken = json.load(open(os.path.join(unbroken, "co_monitor.json")))["records"]
+    assert [r["epoch"] for r in co_broken] == [1, 2, 3]
+    for a, b in zip(co_broken, co_unbroken):
+        assert sorted(a) == sorted(b)
+        for key in a:
+            if isinstance(a[key], float):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            else:
+                assert a[key] == b[key], key
+    report = json.load(open(os.path.join(broken, "report.json")))
+    assert report["train_seconds"] == pytest.approx(sum(after_resume["seconds"]), abs=0.1)
     a = keras.models.load_model(os.path.join(unbroken, "model.keras"))
     b = keras.models.load_model(os.path.join(broken, "model.keras"))
     assert int(a.optimizer.iterations) == int(b.optimizer.iterations) == 3 * 4

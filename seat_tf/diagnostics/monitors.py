@@ -6,7 +6,9 @@
     collapse_reasons                 the library's one catastrophic-overfitting rule
 """
 
+import json
 import logging
+import os
 
 import keras
 import numpy as np
@@ -235,6 +237,33 @@ class CatastrophicOverfittingMonitor(keras.callbacks.Callback):
         # Until an epoch passes the check, "last good" is where this fit started.
         if self._good_weights is None:
             self._good_weights = [np.copy(w) for w in self.model.get_weights()]
+        self._first_epoch_seen = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        """A fit resumed at `epoch` (BackupAndRestore) takes its earlier epochs' records from
+        log_path, so the collapse rule still compares with them and the log stays whole."""
+        if self._first_epoch_seen:
+            return
+        self._first_epoch_seen = True
+        if epoch == 0 or self.records or not self.log_path or not os.path.exists(self.log_path):
+            return
+        with open(self.log_path) as f:
+            saved = json.load(f)
+        self.records = [r for r in saved.get("records", []) if r["epoch"] <= epoch]
+        collapsed = [r["epoch"] for r in self.records if r["collapsed"]]
+        self.collapsed_epoch = collapsed[0] if collapsed else None
+        sound = [r["pgd_accuracy"] for r in self.records if not r["collapsed"]]
+        self._best_pgd = max(sound) if sound else None
+        self._good_epoch = max((r["epoch"] for r in self.records if not r["collapsed"]), default=None)
+        # Restores before the kill lowered the learning rate and the attack step; neither is in
+        # the backup (a rebuilt model starts from the config's values): lower them again.
+        self.restores = sum(r.get("action") == "restored" for r in self.records)
+        for _ in range(self.restores):
+            scale_learning_rate(self.model.optimizer, self.lr_factor)
+            if self.step_factor != 1:
+                scale_step_size(self.model, self.step_factor)
+        if self.restores:
+            self.model.make_train_function(force=True)
 
     def on_epoch_end(self, epoch, logs=None):
         record = dict(epoch=epoch + 1, **self.measure())
