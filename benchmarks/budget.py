@@ -128,6 +128,7 @@ def summarize(runs):
             train_seconds=[r["train_seconds"] for r in group], clean=[r["clean"] for r in group],
             pgd50x10=robust("pgd50x10"), apgd_ce=robust("apgd-ce"),
             co=[r["co_epoch"] for r in group], diverged=[r["diverged"] for r in group],
+            notes=[f"seed {r['seed']}: {r['note']}" for r in group if r.get("note")],
             **diagnosis(group),
         ))
     return rows
@@ -166,12 +167,17 @@ def markdown(rows):
                       "|---|---|---|---|---|---|---|---|"]
             selected = [row for row in rows if row["mode"] == mode and row["eps"] == eps]
             selected.sort(key=lambda row: -_mean(row["pgd50x10"]))
+            notes = []
             for row in selected:
                 co = ", ".join("no" if c is None else f"epoch {c}" for c in row["co"])
-                lines.append(f"| {row['variant']} | {','.join(map(str, row['seeds']))} | {row['epochs']} | "
+                marker = ""
+                if row.get("notes"):  # a record's own caveat (e.g. seconds from a resumed run)
+                    notes.append(f"({len(notes) + 1}) {row['variant']}, " + "; ".join(row["notes"]))
+                    marker = f" ({len(notes)})"
+                lines.append(f"| {row['variant']}{marker} | {','.join(map(str, row['seeds']))} | {row['epochs']} | "
                              f"{fmt(row['train_seconds'], 0)} | {fmt(row['clean'])} | {fmt(row['pgd50x10'])} | "
                              f"{fmt(row['apgd_ce'])} | {co} |")
-            lines.append("")
+            lines += [""] + ([" ".join(notes), ""] if notes else [])
     lines += diagnosis_markdown(rows)
     return "\n".join(lines)
 

@@ -101,6 +101,11 @@ def test_summary_groups_seeds_orders_by_robustness_and_diagnoses_the_adversary()
     equal = {r["variant"]: r["pgd50x10"] for r in rows if r["mode"] == "epochs3"}
     assert equal == {"a": [0.2], "b": [0.45]}
     assert "epochs5" in {r["mode"] for r in rows}
+    # A record's caveat is a numbered note under its table, not lost.
+    noted = dict(run("b", 0, 0.45), note="seconds not comparable")
+    table = budget.markdown(budget.summarize([run("a", 0, 0.3), noted]))
+    assert "| b (1) | 0 |" in table and "(1) b, seed 0: seconds not comparable" in table
+    assert "| a | 0 |" in table
 
 
 def test_plain_cnn_study_configs_and_their_identification():
