@@ -231,11 +231,8 @@ def plot(runs, path):
         for run in (r for r in runs if r["eps"] == eps):
             colour, marker = colours[run["variant"]], markers[run["seed"] % len(markers)]
             label = run["variant"] if run["seed"] == min(r["seed"] for r in runs if r["variant"] == run["variant"]) else None
-            curve = run["history"].get("co_pgd_accuracy", [])
-            # A run resumed by an older seat-tf kept only the epochs after the resume in its
-            # history: those are the last ones.
-            seconds = run["cumulative_train_seconds"][len(run["cumulative_train_seconds"]) - len(curve):]
-            axis.plot(seconds, curve, marker=marker, markersize=4, color=colour, label=label, linewidth=1)
+            axis.plot(run["cumulative_train_seconds"], run["history"].get("co_pgd_accuracy", []), marker=marker, markersize=4,
+                      color=colour, label=label, linewidth=1)
             if run["robust"].get("pgd50x10") is not None and run["cumulative_train_seconds"]:
                 axis.plot(run["cumulative_train_seconds"][-1], run["robust"]["pgd50x10"], marker="*",
                           markersize=12, color=colour)

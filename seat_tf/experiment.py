@@ -309,7 +309,6 @@ class EpochLog(keras.callbacks.Callback):
             if len(self.logs) != epoch:  # a workdir from before this log existed
                 logging.warning("%s holds %d epochs but training resumes at epoch %d: history.json will "
                                 "lack the missing ones.", self.path, len(self.logs), epoch + 1)
-        del self.logs[epoch:], self.seconds[epoch:]
         self._start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
