@@ -137,7 +137,13 @@ def test_elle_a_lambda_schedule_matches_the_rule():
                                sensitivity=2.0, decay=0.9, val_attack=None)
     # With the value itself in the history, a lone spike needs >= 6 values to lie 2 std above the mean.
     errors = [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 9.0, 1.0, 1.2, 0.8, 1.0, 30.0, 1.0]
-    got = [float(model._next_lambda(tf.constant(e, tf.float32))) for e in errors]
+    got = []
+    for i, error in enumerate(errors):
+        got.append(float(model._next_lambda(tf.constant(error, tf.float32))))
+        # The running statistics (Welford) are the mean and population std of all values so far.
+        std = np.sqrt(float(model.error_m2) / float(model.error_count))
+        np.testing.assert_allclose([float(model.error_mean), std], [np.mean(errors[:i + 1]), np.std(errors[:i + 1])],
+                                   rtol=1e-5, atol=1e-7)
     expected = _numpy_elle_a(errors, 50.0, 2.0, 0.9)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert got[5] == 0.0 and got[6] == 50.0 and got[11] == 50.0 and 0 < got[-1] < 50.0

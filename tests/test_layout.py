@@ -82,3 +82,21 @@ def test_one_eps_rule_everywhere(make_tiny_cnn):
         seat_tf.evaluate(make_tiny_cnn(), None, eps=8.0)
     with pytest.raises(ValueError, match="write 8/255"):
         diagnostics.check_eps(8.0)
+
+
+def test_every_planted_bug_of_the_mutation_check_still_applies():
+    """scripts/mutation_check.py plants bugs by exact text substitution: a refactor that moves
+    the text would silently retire a mutant, so each must still occur exactly once."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mutation_check", os.path.join(ROOT, "scripts", "mutation_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    names = [mutant[0] for mutant in module.MUTANTS]
+    assert len(names) == len(set(names)) and len(names) >= 40
+    for name, path, text, replacement, *tests in module.MUTANTS:
+        source = open(os.path.join(ROOT, path)).read()
+        assert source.count(text) == 1, f"mutant {name}: its text occurs {source.count(text)} times in {path}"
+        assert replacement != text
+        for test in (tests[0] if tests else module.MATHS_TESTS):
+            assert os.path.exists(os.path.join(ROOT, test.split("::")[0])), (name, test)

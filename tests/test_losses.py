@@ -35,6 +35,21 @@ def test_dlr_loss_is_shift_and_scale_invariant():
     np.testing.assert_allclose(losses.dlr_loss(labels, 5.0 * logits + 7.0).numpy(), base, rtol=1e-5)
 
 
+def test_dlr_losses_match_numpy_on_random_logits():
+    """Untargeted and targeted DLR (APGD-CE / APGD-T's losses) against a direct NumPy reading of
+    Croce & Hein's formulas, with the true class anywhere in the sorted order."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(64, 10)).astype(np.float32) * 3
+    labels, targets = rng.integers(0, 10, 64), rng.integers(0, 10, 64)
+    ordered = -np.sort(-z, axis=1)
+    others = np.where(np.eye(10, dtype=bool)[labels], -np.inf, z).max(axis=1)
+    true = z[np.arange(64), labels]
+    expected = -(true - others) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+    np.testing.assert_allclose(losses.dlr_loss(labels, z).numpy(), expected, rtol=1e-5)
+    expected_targeted = -(true - z[np.arange(64), targets]) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+    np.testing.assert_allclose(losses.targeted_dlr_loss(targets, labels, z).numpy(), expected_targeted, rtol=1e-5)
+
+
 def test_flood_is_identity_above_level_and_reflects_below():
     assert float(losses.flood(tf.constant(0.8), 0.3)) == pytest.approx(0.8)
     assert float(losses.flood(tf.constant(0.1), 0.3)) == pytest.approx(0.5)  # |0.1-0.3|+0.3

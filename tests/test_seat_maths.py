@@ -213,6 +213,34 @@ def test_clean_pass_is_the_cross_entropy_and_its_input_gradient():
     np.testing.assert_allclose(clean.grad.numpy(), cf.ce_grad_x(W, b, x, y), rtol=1e-4, atol=1e-6)
 
 
+class _DoubledWhenTraining(keras.layers.Layer):
+    """Logits x2 in training mode: the mode a pass ran in shows in its logits (as BatchNorm's
+    batch statistics or dropout would, deterministically)."""
+
+    def call(self, inputs, training=None):
+        return inputs * 2.0 if training else inputs
+
+
+@pytest.mark.parametrize("attack_training", [True, False])
+def test_each_pass_runs_the_classifier_in_its_documented_mode(attack_training):
+    """Clean pass and objective in training mode (BatchNorm learns from them), the attack per
+    `attack_training`, evaluation in inference mode."""
+    W, b, x, y = _problem(seed=5)
+    inputs = keras.Input(SHAPE)
+    classifier = keras.Model(inputs, _DoubledWhenTraining()(linear_classifier(W, b, SHAPE)(inputs)))
+    model = seat_tf.SEATModel(classifier, epsilon=EPS, val_attack=None, attack_training=attack_training)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    xt, yt = tf.constant(x, tf.float32), tf.constant(y)
+    z = cf.logits(W, b, x)
+    clean = model.compute_clean_pass(xt, yt, tf.GradientTape())
+    np.testing.assert_allclose(clean.logits.numpy(), 2 * z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(clean.loss.numpy(), cf.ce(2 * W, 2 * b, x, y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.attack_logits(xt).numpy(), (2 if attack_training else 1) * z, rtol=1e-5, atol=1e-5)
+    _, logs = model.objective(xt, yt, xt, clean)
+    np.testing.assert_allclose(logs["adv_logits"].numpy(), 2 * z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(model.predict(x, verbose=0), z, rtol=1e-5, atol=1e-5)
+
+
 # -- the objective ---------------------------------------------------------------------------
 
 

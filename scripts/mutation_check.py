@@ -1,0 +1,192 @@
+"""Plants one deliberate bug at a time in the training maths and checks that the tests catch it.
+
+Each mutant is an exact text substitution in one file of seat_tf (a sign flipped, a term
+dropped, a wrong reduction); the script copies the checkout to a temporary folder, applies
+the mutant there, runs the tests that should catch it, and records "caught" (the tests fail)
+or "MISSED" (they pass: a hole in the tests). The checkout itself is never modified.
+
+    python scripts/mutation_check.py                      # every mutant, JSON lines to stdout
+    python scripts/mutation_check.py --only=seat_,elle_ --out=mutants.jsonl
+    python scripts/mutation_check.py --list
+
+Exit status 1 if any mutant was missed or no longer applies (its text changed: update it).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MATHS_TESTS = ("tests/test_seat_maths.py", "tests/test_losses.py", "tests/test_baselines_maths.py",
+               "tests/test_elle.py")
+TWO_REPLICAS = ("tests/test_distribute.py::test_batch_reduction_attack_takes_the_global_batch_sign_under_two_replicas",
+                "tests/test_distribute.py::test_mirrored_step_equals_single_device_step")
+ATTACKS = MATHS_TESTS + ("tests/test_attacks.py",)
+WEIGHTS = ("tests/test_fail_loudly.py::test_every_method_logs_the_weighted_mean_objective",
+           "tests/test_fail_loudly.py::test_integer_weights_train_like_repeated_examples_and_class_weight_works")
+
+LOSSES, SEAT, BASE = "seat_tf/losses.py", "seat_tf/training/seat.py", "seat_tf/training/base.py"
+BASELINES, ELLE, ENGINE = "seat_tf/training/baselines.py", "seat_tf/training/elle.py", "seat_tf/attacks/engine.py"
+
+# (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
+MUTANTS = [
+    ("losses_true_class_mask", LOSSES, "num_classes) > 0.5", "num_classes) < 0.5"),
+    ("losses_margin_sign", LOSSES, "return best_other - true_score", "return true_score - best_other"),
+    ("losses_margin_probs_log", LOSSES, "scores = tf.nn.softmax(scores, axis=-1)",
+     "scores = tf.nn.log_softmax(scores, axis=-1)"),
+    ("losses_dlr_denominator", LOSSES, "(top3[:, 0] - top3[:, 2] + 1e-12)", "(top3[:, 0] - top3[:, 1] + 1e-12)"),
+    ("losses_targeted_dlr_denominator", LOSSES, "0.5 * (top4[:, 2] + top4[:, 3])", "0.5 * (top4[:, 1] + top4[:, 3])"),
+    ("losses_flood_drops_level", LOSSES, "return tf.abs(mean_loss - level) + level", "return tf.abs(mean_loss - level)"),
+    ("losses_flood_sign", LOSSES, "return tf.abs(mean_loss - level) + level", "return tf.abs(mean_loss + level) - level"),
+    ("losses_residual_sign", LOSSES, "tf.cast(loss_clean, tf.float32) - directional",
+     "tf.cast(loss_clean, tf.float32) + directional"),
+    ("losses_residual_batch_sum", LOSSES, "tf.reduce_sum(delta * grad_clean, axis=axes)",
+     "tf.reduce_sum(delta * grad_clean)"),
+    ("losses_residual_drops_clean", LOSSES, "tf.cast(loss_perturbed, tf.float32) - tf.cast(loss_clean, tf.float32)",
+     "tf.cast(loss_perturbed, tf.float32)"),
+    ("losses_error_squared", LOSSES, "return tf.abs(linearity_residual(", "return tf.square(linearity_residual("),
+    ("seat_attack_lam_sign", SEAT, "self._attack_score(y, logits) + lam * linearity",
+     "self._attack_score(y, logits) - lam * linearity"),
+    ("seat_attack_drops_linearity", SEAT, "self._attack_score(y, logits) + lam * linearity",
+     "self._attack_score(y, logits)"),
+    ("seat_attack_delta_sign", SEAT, "clean.loss, x_adv - x, clean.grad)", "clean.loss, x - x_adv, clean.grad)"),
+    ("seat_attack_ce_not_margin", SEAT, "return self._attack_score(y, logits) + lam",
+     "return losses.cross_entropy(y, logits) + lam"),
+    ("seat_attack_ignores_attack_lam", SEAT, "lam = self.lam if variant.attack_lam is None else variant.attack_lam",
+     "lam = self.lam"),
+    ("seat_attack_half_step", SEAT, "variant.rel_step_size * epsilon", "0.5 * variant.rel_step_size * epsilon"),
+    ("seat_attack_ignores_steps", SEAT, "steps=variant.attack_steps", "steps=1"),
+    ("seat_attack_ignores_init", SEAT, "init=variant.init,", "init='zero',"),
+    ("seat_attack_batch_sign_local", SEAT, "residual * tf.sign(self.global_mean(residual))",
+     "residual * tf.sign(residual)", MATHS_TESTS + TWO_REPLICAS),
+    ("seat_objective_delta", SEAT, "clean_loss, x_adv - x, clean.grad)", "clean_loss, x_adv, clean.grad)"),
+    ("seat_objective_drops_lam", SEAT, "+ self.lam * linearity", "+ linearity"),
+    ("seat_objective_drops_flood", SEAT, "self.flooded_mean(adv_loss, self.flood_level)", "self.batch_mean(adv_loss)"),
+    ("seat_objective_clean_gradient_inverted", SEAT,
+     "clean.loss if variant.clean_loss_gradient else tf.stop_gradient(clean.loss)",
+     "tf.stop_gradient(clean.loss) if variant.clean_loss_gradient else clean.loss"),
+    ("seat_objective_adv_at_clean", SEAT, "adv_logits = self.classify(x_adv, training=True)\n        adv_loss",
+     "adv_logits = self.classify(x, training=True)\n        adv_loss"),
+    ("seat_objective_batch_reduction_per_example", SEAT, "linearity = self.abs_of_batch_mean(residual)",
+     "linearity = self.batch_mean(error)"),
+    ("seat_objective_clip_max", SEAT, "tf.minimum(error, variant.linearity_clip)",
+     "tf.maximum(error, variant.linearity_clip)"),
+    ("base_clean_grad_sign", BASE, "grad = tf.stop_gradient(input_gradient(input_tape, loss, logits, x))",
+     "grad = tf.stop_gradient(-input_gradient(input_tape, loss, logits, x))"),
+    ("base_abs_mean_ignores_offset", BASE, "sign = tf.sign(global_mean - offset)", "sign = tf.sign(global_mean)"),
+    ("base_weights_ignored", BASE, "tf.reduce_sum(weights * values)", "tf.reduce_sum(values)", MATHS_TESTS + WEIGHTS),
+    ("base_batch_mean_local", BASE, "return tf.reduce_sum(values) / self._global_batch_size(values)",
+     "return tf.reduce_mean(values)", MATHS_TESTS + TWO_REPLICAS),
+    ("base_warmup_unbounded", BASE, "self.epsilon * tf.minimum(1.0, progress)", "self.epsilon * progress",
+     MATHS_TESTS + ("tests/test_training.py::test_epsilon_warmup_ramps_linearly",)),
+    ("baselines_pgd_step", BASELINES, "rel_step_size = 2.5 / steps if", "rel_step_size = 2.5 if"),
+    ("baselines_trades_kl_order", BASELINES, "kl = self.kl(clean.logits, adv_logits)",
+     "kl = self.kl(adv_logits, clean.logits)"),
+    ("baselines_trades_drops_beta", BASELINES, "+ self.beta * self.batch_mean(kl)", "+ self.batch_mean(kl)"),
+    ("baselines_gradalign_cos_sign", BASELINES, "self.batch_mean(1.0 - cos)", "self.batch_mean(cos)"),
+    ("baselines_nfgsm_projects", BASELINES, "init_radius_factor=noise_factor, project=False",
+     "init_radius_factor=noise_factor, project=True"),
+    ("baselines_rs_fgsm_step", BASELINES, "epsilon=8 / 255, rel_step_size=1.25", "epsilon=8 / 255, rel_step_size=1.0"),
+    ("engine_projection_radius", ENGINE, "tf.clip_by_value(x_adv - x, -eps, eps)",
+     "tf.clip_by_value(x_adv - x, -2 * eps, 2 * eps)", ATTACKS),
+    ("engine_no_box_clip", ENGINE, "return tf.clip_by_value(x_adv, 0.0, 1.0)\n\n\ndef _values", "return x_adv\n\n\ndef _values",
+     ATTACKS),
+    ("engine_gradient_not_sign", ENGINE, "x_adv + self.step_size * tf.sign(grad)", "x_adv + self.step_size * grad",
+     ATTACKS),
+    ("engine_descends", ENGINE, "x_adv + self.step_size * tf.sign(grad)", "x_adv - self.step_size * tf.sign(grad)",
+     ATTACKS),
+    ("engine_corner_is_uniform", ENGINE, "return tf.sign(global_batch_noise(_uniform, shape, seed)) * radius",
+     "return global_batch_noise(_uniform, shape, seed) * radius", ATTACKS),
+    ("engine_uniform_half_radius", ENGINE, "return global_batch_noise(_uniform, shape, seed) * radius",
+     "return global_batch_noise(_uniform, shape, seed) * radius * 0.5", ATTACKS),
+    ("engine_keep_worst_prefers_lower", ENGINE, "((s_cand == s_best) & (v_cand > v_best))",
+     "((s_cand == s_best) & (v_cand < v_best))", ATTACKS),
+    ("base_clean_pass_inference_mode", BASE, "logits = self.classify(x, training=True)\n                loss = losses",
+     "logits = self.classify(x, training=False)\n                loss = losses"),
+    ("base_attack_ignores_attack_training", BASE, "self.input_gradient_logits(training=self.attack_training)(x)",
+     "self.input_gradient_logits(training=True)(x)"),
+    ("seat_objective_inference_mode", SEAT, "adv_logits = self.classify(x_adv, training=True)\n        adv_loss",
+     "adv_logits = self.classify(x_adv, training=False)\n        adv_loss"),
+    ("seat_attack_signed_residual", SEAT, "linearity = tf.abs(residual)\n            return",
+     "linearity = residual\n            return"),
+    ("seat_objective_error_signed", SEAT, "error = tf.abs(residual)\n", "error = residual\n"),
+    ("elle_chord_point", ELLE, "x_c = (1.0 - a) * x_a + a * x_b", "x_c = a * x_a + (1.0 - a) * x_b"),
+    ("elle_chord_weights", ELLE, "return loss_c - (1.0 - a) * loss_a - a * loss_b",
+     "return loss_c - 0.5 * loss_a - 0.5 * loss_b"),
+    ("elle_gap_not_squared", ELLE, "squared_gap = tf.square(self.chord_gap(x, y))",
+     "squared_gap = tf.abs(self.chord_gap(x, y))"),
+    ("elle_spike_ignores_std", ELLE, "error > mean + self.sensitivity * std", "error > mean"),
+    ("elle_no_decay", ELLE, "self.current_lam * self.decay", "self.current_lam"),
+    ("elle_welford_m2", ELLE, "m2 = self.error_m2 + delta * (error - mean)", "m2 = self.error_m2 + delta * delta"),
+]
+
+
+def run_mutant(mutant, python, timeout):
+    """Runs the mutant's tests on a mutated copy of the checkout; the record says caught or not."""
+    name, path, text, replacement = mutant[:4]
+    tests = mutant[4] if len(mutant) > 4 else MATHS_TESTS
+    with tempfile.TemporaryDirectory(prefix="seat_mutant_") as tmp:
+        for folder in ("seat_tf", "tests"):
+            shutil.copytree(os.path.join(ROOT, folder), os.path.join(tmp, folder),
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(os.path.join(ROOT, "setup.cfg"), tmp)
+        target = os.path.join(tmp, path)
+        source = open(target).read()
+        if text is not None and source.count(text) != 1:
+            return dict(name=name, file=path, result="STALE", detail=f"text occurs {source.count(text)} times")
+        if text is not None:
+            open(target, "w").write(source.replace(text, replacement))
+        started = time.time()
+        env = dict(os.environ, PYTHONPATH=tmp, TF_CPP_MIN_LOG_LEVEL="3")
+        try:
+            proc = subprocess.run([python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return dict(name=name, file=path, result="caught", detail="timeout", seconds=round(time.time() - started))
+        failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED ")]
+        # Exit 1: tests failed (caught). 0: all passed (missed). Others: pytest could not run them.
+        result = {0: "MISSED", 1: "caught"}.get(proc.returncode, f"ERROR (pytest exit {proc.returncode})")
+        detail = failed[0] if failed else (proc.stdout.strip().splitlines() or [""])[-1]
+        return dict(name=name, file=path, result=result, detail=detail, seconds=round(time.time() - started))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", default="", help="Run the mutants whose name starts with one of these "
+                        "comma-separated prefixes.")
+    parser.add_argument("--out", default=None, help="Also append JSON lines to this file.")
+    parser.add_argument("--list", action="store_true", help="List the mutants and exit.")
+    parser.add_argument("--timeout", type=int, default=900, help="Seconds per mutant before it counts as caught.")
+    args = parser.parse_args(argv)
+    prefixes = tuple(args.only.split(","))
+    chosen = [m for m in MUTANTS if m[0].startswith(prefixes)]
+    if args.list:
+        for mutant in chosen:
+            print(f"{mutant[0]:48s} {mutant[1]}")
+        return 0
+    # The unmutated copy must pass every test used, or every mutant would look caught.
+    all_tests = tuple(dict.fromkeys(t for m in chosen for t in (m[4] if len(m) > 4 else MATHS_TESTS)))
+    baseline = run_mutant(("unmutated", SEAT, None, None, all_tests), sys.executable, args.timeout)
+    if baseline["result"] != "MISSED":
+        print(f"the unmutated checkout fails its tests ({baseline['detail']}); fix that first", file=sys.stderr)
+        return 2
+    bad = 0
+    for mutant in chosen:
+        record = run_mutant(mutant, sys.executable, args.timeout)
+        line = json.dumps(record)
+        print(line, flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(line + "\n")
+        bad += record["result"] != "caught"
+    print(f"{len(chosen) - bad}/{len(chosen)} mutants caught", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
