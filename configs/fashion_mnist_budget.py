@@ -10,7 +10,9 @@ The budget is the training time PGD-10-AT needs for 5 epochs (60k images, batch 
 small CNN). Every variant gets as many epochs as fit in it, from the cost of its training
 step relative to PGD-10-AT's, measured on this project's 2-core CPU machine with
 `benchmarks/step_cost.py` (all methods timed interleaved in one process; numbers in
-docs/results/step_cost.json and docs/results/step_cost_elle.json):
+docs/results/step_cost.json and, for SEAT's attack steps and ELLE, measured again on an idle
+machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet.json: SEAT
+0.24, 2 steps 0.31, 3 steps 0.45, 4 steps 0.56, 5 steps 0.67, ELLE 0.44):
 
     method       step cost vs PGD-10-AT   epochs in the budget
     fgsm_at      0.191                    26
@@ -20,7 +22,7 @@ docs/results/step_cost.json and docs/results/step_cost_elle.json):
     seat_paper   0.362                    13
     seat_fl      0.276                    18
     seat_steps3  0.477 (3 attack steps; step_cost_attack_steps.json)   10
-    elle, elle_a 0.54 (measured on a busy machine)  9
+    elle, elle_a 0.44 (step_cost_attack_steps_elle_quiet.json)  11
     grad_align   0.594                    8
     trades       1.418                    3
     pgd_at       1.0                      5
@@ -50,10 +52,12 @@ VARIANTS = {
     "seat_fl": (0.276, dict(name="seat", lam=0.5, clean_loss_gradient=False, flood_level=0.3)),
     # SEAT's objective with a 3-step inner attack: its cost is measured against PGD-10-AT in one
     # process (docs/results/step_cost_attack_steps.json, where SEAT itself came out at 0.338, so
-    # this is the conservative figure; 1.41x SEAT's 0.276 would give 12 epochs).
+    # this is the conservative figure; 1.41x SEAT's 0.276 would give 12 epochs). Measured again
+    # on an idle machine it is 0.45 (11 epochs); 0.477 stays, so every recorded run has 10.
     "seat_steps3": (0.477, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=3)),
-    "elle": (0.54, dict(name="elle", lam=100.0)),
-    "elle_a": (0.54, dict(name="elle_a", lam=100.0)),
+    # ELLE's cost was 0.54 on a busy machine (the 9-epoch elle_a record); 0.44 on an idle one.
+    "elle": (0.44, dict(name="elle", lam=100.0)),
+    "elle_a": (0.44, dict(name="elle_a", lam=100.0)),
     "grad_align": (0.594, dict(name="grad_align", lam=0.2)),
     "trades": (1.418, dict(name="trades", beta=6.0, steps=10, rel_step_size=0.25)),
     "pgd_at": (1.0, dict(name="pgd_at", steps=10, rel_step_size=0.25)),
