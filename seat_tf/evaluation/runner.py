@@ -128,8 +128,14 @@ class Runner:
             context = tf.distribute.get_replica_context()
             total = tf.shape(y)[0]
             start, size = replica_slice(total, context.replica_id_in_sync_group, context.num_replicas_in_sync)
-            with attacks_lib.global_batch_rows(start, size, total):
-                parts = measure(x[start : start + size], y[start : start + size], eps, seed)
+            # A replica whose share is empty (a last batch smaller than the replicas) attacks one
+            # stand-in row and drops its result: backprop through an empty batch fails in
+            # oneDNN's kernels on some CPUs (ReluGrad shape mismatch, seen on AVX-512 machines).
+            rows = tf.maximum(size, 1)
+            first = tf.minimum(start, total - rows)
+            with attacks_lib.global_batch_rows(first, rows, total):
+                parts = measure(x[first : first + rows], y[first : first + rows], eps, seed)
+            parts = [p[:size] for p in parts]
             # Each replica's rows in their places of the batch: the sum over replicas gathers them in order.
             placed = tf.pad(tf.stack([tf.cast(p, tf.float32) for p in parts]), [[0, 0], [start, total - start - size]])
             return context.all_reduce(tf.distribute.ReduceOp.SUM, placed)
