@@ -126,10 +126,16 @@ MUTANTS = [
 ]
 
 
+def tests_of(mutant):
+    """The tests meant to catch a mutant: its own list, else the maths tests."""
+    return mutant[4] if len(mutant) > 4 else MATHS_TESTS
+
+
 def run_mutant(mutant, python, timeout):
-    """Runs the mutant's tests on a mutated copy of the checkout; the record says caught or not."""
+    """Runs the mutant's tests on a mutated copy of the checkout (text None: unmutated); the
+    record says caught or not."""
     name, path, text, replacement = mutant[:4]
-    tests = mutant[4] if len(mutant) > 4 else MATHS_TESTS
+    tests = tests_of(mutant)
     with tempfile.TemporaryDirectory(prefix="seat_mutant_") as tmp:
         for folder in ("seat_tf", "tests"):
             shutil.copytree(os.path.join(ROOT, folder), os.path.join(tmp, folder),
@@ -137,9 +143,9 @@ def run_mutant(mutant, python, timeout):
         shutil.copy(os.path.join(ROOT, "setup.cfg"), tmp)
         target = os.path.join(tmp, path)
         source = open(target).read()
-        if text is not None and source.count(text) != 1:
-            return dict(name=name, file=path, result="STALE", detail=f"text occurs {source.count(text)} times")
         if text is not None:
+            if source.count(text) != 1:
+                return dict(name=name, file=path, result="STALE", detail=f"text occurs {source.count(text)} times")
             open(target, "w").write(source.replace(text, replacement))
         started = time.time()
         env = dict(os.environ, PYTHONPATH=tmp, TF_CPP_MIN_LOG_LEVEL="3")
@@ -170,7 +176,7 @@ def main(argv=None):
             print(f"{mutant[0]:48s} {mutant[1]}")
         return 0
     # The unmutated copy must pass every test used, or every mutant would look caught.
-    all_tests = tuple(dict.fromkeys(t for m in chosen for t in (m[4] if len(m) > 4 else MATHS_TESTS)))
+    all_tests = tuple(dict.fromkeys(t for m in chosen for t in tests_of(m)))
     baseline = run_mutant(("unmutated", SEAT, None, None, all_tests), sys.executable, args.timeout)
     if baseline["result"] != "MISSED":
         print(f"the unmutated checkout fails its tests ({baseline['detail']}); fix that first", file=sys.stderr)
