@@ -1,9 +1,14 @@
-"""Plants one deliberate bug at a time in the training maths and checks that the tests catch it.
+"""Plants one bug at a time in the training and evaluation maths and checks that the tests catch it.
 
 Each mutant is an exact text substitution in one file of seat_tf (a sign flipped, a term
 dropped, a wrong reduction); the script copies the checkout to a temporary folder, applies
 the mutant there, runs the tests that should catch it, and records "caught" (the tests fail)
 or "MISSED" (they pass: a hole in the tests). The checkout itself is never modified.
+
+The mutants cover the training maths (losses, SEAT, the baselines, ELLE, the L-inf engine)
+and the robustness evaluation: APGD's schedule and APGD-T's targets (apgd_), Square, MI-FGSM
+and composites (suite_), FAB-T (fab_), the protocol's per-example worst case, sweeps and
+report (eval_) and the diagnostics (diag_).
 
     python scripts/mutation_check.py                      # every mutant, JSON lines to stdout
     python scripts/mutation_check.py --only=seat_,elle_ --out=mutants.jsonl
@@ -32,6 +37,22 @@ WEIGHTS = ("tests/test_fail_loudly.py::test_every_method_logs_the_weighted_mean_
 
 LOSSES, SEAT, BASE = "seat_tf/losses.py", "seat_tf/training/seat.py", "seat_tf/training/base.py"
 BASELINES, ELLE, ENGINE = "seat_tf/training/baselines.py", "seat_tf/training/elle.py", "seat_tf/attacks/engine.py"
+SUITE, REGISTRY, FAB = "seat_tf/attacks/suite.py", "seat_tf/attacks/registry.py", "seat_tf/attacks/fab.py"
+PROTOCOL, RUNNER = "seat_tf/evaluation/protocol.py", "seat_tf/evaluation/runner.py"
+SANITY, REPORT = "seat_tf/evaluation/sanity.py", "seat_tf/evaluation/report.py"
+MEASURE, MONITORS = "seat_tf/diagnostics/measure.py", "seat_tf/diagnostics/monitors.py"
+
+# The evaluation side: each group runs in well under a minute.
+SUITE_TESTS = ("tests/test_attack_suite.py",)
+FAB_TESTS = ("tests/test_fab.py",)
+EVAL_TESTS = ("tests/test_evaluation.py::test_robust_accuracy_is_the_per_example_worst_case_over_attacks",
+              "tests/test_evaluation.py::test_eps_sweep_is_the_closed_form_accuracy_at_each_eps",
+              "tests/test_evaluation.py::test_report_table_shows_the_per_example_worst_case",
+              "tests/test_evaluation.py::test_attack_orderings_on_a_trained_model",
+              "tests/test_evaluation.py::test_composite_of_attacks_already_run_is_their_conjunction",
+              "tests/test_evaluation.py::test_subsets_limits_and_bad_input",
+              "tests/test_evaluation.py::test_report_files_with_eps_sweep", "tests/test_sanity_checks.py")
+DIAG_TESTS = ("tests/test_diagnostics.py",)
 
 # (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
 MUTANTS = [
@@ -123,6 +144,59 @@ MUTANTS = [
     ("elle_spike_ignores_std", ELLE, "error > mean + self.sensitivity * std", "error > mean"),
     ("elle_no_decay", ELLE, "self.current_lam * self.decay", "self.current_lam"),
     ("elle_welford_m2", ELLE, "m2 = self.error_m2 + delta * (error - mean)", "m2 = self.error_m2 + delta * delta"),
+    # -- robustness evaluation: APGD, the rest of the suite, FAB-T, the protocol, diagnostics --
+    ("apgd_checkpoint_off_by_one", SUITE, "interval[w] = float(w - previous)", "interval[w - 1] = float(w - previous)",
+     SUITE_TESTS),
+    ("apgd_eta_starts_at_eps", SUITE, "eta=tf.fill([batch], 2.0 * self.eps)", "eta=tf.fill([batch], self.eps)",
+     SUITE_TESTS),
+    ("apgd_momentum_dropped", SUITE, "alpha = tf.where(first, 1.0, self.alpha)", "alpha = 1.0", SUITE_TESTS),
+    ("apgd_oscillation_inverted", SUITE, 's["increases"] < self.rho * interval',
+     's["increases"] >= self.rho * interval', SUITE_TESTS),
+    ("apgd_restart_not_from_best", SUITE,
+     'x_adv = tf.where(to_best, s["x_max"], x_adv)\n        grad = tf.where(to_best, s["g_max"], grad)\n        x_prev',
+     "x_prev", SUITE_TESTS),
+    ("apgd_restart_zeroes_momentum", SUITE, 'x_prev = s["x_prev"]  # a restart', 'x_prev = tf.where(to_best, s["x_max"], s["x_prev"])  # a restart',
+     SUITE_TESTS),
+    ("apgd_keep_best_skips_last", ENGINE, "return keep_worst(best, evaluate(x_adv))[0]", "return best[0]",
+     SUITE_TESTS),
+    ("apgd_t_dlr_target_swapped", SUITE, "losses.targeted_dlr_loss(targets, y, logits)",
+     "losses.targeted_dlr_loss(y, targets, logits)", SUITE_TESTS),
+    ("apgd_t_skips_last_target", SUITE, "last = min(self.targets, num_classes - 1)",
+     "last = min(self.targets, num_classes - 2)", SUITE_TESTS),
+    ("apgd_t_last_target_wins", SUITE, "return k + 1, engine.keep_worst(best, result)", "return k + 1, result",
+     SUITE_TESTS),
+    ("suite_square_skips_clip", SUITE,
+     "candidate = engine.project(tf.where(window, x_act + eps * sign, best_act), x_act, eps)\n            m_new",
+     "candidate = tf.where(window, x_act + eps * sign, best_act)\n            m_new", SUITE_TESTS),
+    ("suite_composite_reattacks_fooled", REGISTRY, "index = tf.where(correct)[:, 0]",
+     "index = tf.where(tf.ones_like(correct))[:, 0]", SUITE_TESTS),
+    ("suite_mifgsm_drops_momentum", ENGINE, "velocity = self.momentum * velocity + _l1_normalize(grad)",
+     "velocity = _l1_normalize(grad)", SUITE_TESTS + ("tests/test_attacks.py",)),
+    ("fab_projection_ignores_gap_sign", FAB, "direction = tf.sign(normal) * tf.sign(gap)[:, None]",
+     "direction = tf.sign(normal)", FAB_TESTS),
+    ("fab_alpha_toward_far", FAB, "divide_no_nan(near, near + far)", "divide_no_nan(far, near + far)", FAB_TESTS),
+    ("fab_keeps_last_not_closest", FAB, "closer = fooled & (norm < best_norm)", "closer = fooled", FAB_TESTS),
+    ("eval_worst_case_any_attack", PROTOCOL, "worst[: correct.size] & correct[: worst.size]",
+     "worst[: correct.size] | correct[: worst.size]", EVAL_TESTS),
+    ("eval_worst_case_mean", PROTOCOL, "worst[: correct.size] & correct[: worst.size]",
+     "(worst[: correct.size] + correct[: worst.size]) / 2", EVAL_TESTS),
+    ("eval_composite_ignores_earlier_stages", PROTOCOL, "correct = correct & np.concatenate(member.correct)[:n]",
+     "correct = clean[:n] & np.concatenate(member.correct)[:n]", EVAL_TESTS),
+    ("eval_attacks_clean_wrong", RUNNER, "index = np.flatnonzero(correct[i])", "index = np.arange(correct[i].size)",
+     EVAL_TESTS),
+    ("eval_robust_over_clean_correct", SANITY, '"robust_accuracy": float(correct.mean()),',
+     '"robust_accuracy": float(correct.sum() / max(clean.sum(), 1)),', EVAL_TESTS),
+    ("eval_report_worst_is_min", REPORT, "f\"{result['worst_case_accuracy']:.4f} | |\")",
+     "f\"{min(e['robust_accuracy'] for e in result['attacks'].values()):.4f} | |\")", EVAL_TESTS),
+    ("eval_sweep_at_main_eps", PROTOCOL, 'Entry(key, attack, value, None, "sweep")',
+     'Entry(key, attack, main[0].eps, None, "sweep")', EVAL_TESTS),
+    ("diag_linearity_delta_sign", MEASURE, "clean, x_adv - x, grad)", "clean, x - x_adv, grad)", DIAG_TESTS),
+    ("diag_co_best_is_previous", MONITORS,
+     'self._best_pgd = max(record["pgd_accuracy"], -1.0 if self._best_pgd is None else self._best_pgd)',
+     'self._best_pgd = record["pgd_accuracy"]', DIAG_TESTS),
+    ("diag_co_gap_direction", MONITORS, "fgsm - pgd > max_gap", "pgd - fgsm > max_gap", DIAG_TESTS),
+    ("diag_boundary_counts_wrong_at_eps", MEASURE, "float(np.mean(at_eps & wrong_inside))",
+     "float(np.mean(wrong_inside))", DIAG_TESTS),
 ]
 
 

@@ -47,6 +47,72 @@ def test_apgd_step_rule_shrinks_the_step_where_fixed_steps_oscillate():
     assert np.abs(fixed - c).max() > 0.15
 
 
+def _apgd_reference(value_grad, x, start, eps, steps, checkpoints, rho=0.75, alpha=0.75):
+    """APGD (Croce & Hein, 2020, Algorithm 1) in float64 NumPy, per example, written from the
+    paper: eta starts at 2 eps; at each checkpoint w_j it is halved, and the iterate goes back
+    to the best point, which replaces x^(k+1), so the next momentum is x_max - x^(k), where fewer than
+    rho (w_j - w_{j-1}) of the steps since w_{j-1} increased f, or where eta was not halved at
+    w_{j-1} and the best value has not improved since. Returns the best of all iterates."""
+    def project(v):
+        return np.clip(np.clip(v, x - eps, x + eps), 0.0, 1.0)
+
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x_k = project(start)
+    x_prev = x_k.copy()
+    eta = np.full(len(x), 2.0 * eps)
+    f_max, x_max, g_max = np.full(len(x), -np.inf), x_k.copy(), np.zeros_like(x)
+    best_f, best_x = np.full(len(x), -np.inf), x_k.copy()
+    f_prev, increases = None, np.zeros(len(x))
+    last_w, reduced_last, f_max_at_last = 0, np.zeros(len(x), bool), None
+    for k in range(steps):
+        f, g = value_grad(x_k)
+        better = f > best_f
+        best_f, best_x = np.where(better, f, best_f), np.where(better.reshape(shape), x_k, best_x)
+        up = f > f_max
+        x_max, g_max = np.where(up.reshape(shape), x_k, x_max), np.where(up.reshape(shape), g, g_max)
+        f_max = np.where(up, f, f_max)
+        if f_prev is not None:
+            increases += f > f_prev
+        f_prev = f
+        if k == 0:
+            f_max_at_last = f_max.copy()
+        if k in checkpoints:
+            reduce = (increases < rho * (k - last_w)) | (~reduced_last & (f_max <= f_max_at_last))
+            eta = np.where(reduce, eta / 2, eta)
+            back = reduce.reshape(shape)
+            x_k, g = np.where(back, x_max, x_k), np.where(back, g_max, g)
+            reduced_last, f_max_at_last, increases, last_w = reduce, f_max.copy(), np.zeros(len(x)), k
+        a = 1.0 if k == 0 else alpha
+        z = project(x_k + eta.reshape(shape) * np.sign(g))
+        x_prev, x_k = x_k, project(x_k + a * (z - x_k) + (1 - a) * (x_k - x_prev))
+    f, _ = value_grad(x_k)
+    return np.where((f > best_f).reshape(shape), x_k, best_x)
+
+
+def test_apgd_step_rule_follows_algorithm_1_step_by_step(recorded_starts):
+    """The whole APGD run (step size, checkpoints, momentum, restarts from the best point,
+    best-iterate output) against the NumPy reference above, on concave quadratics
+    f(z) = -sum(h (z - c)^2): centres c inside the ball make the signed steps oscillate (eta
+    halves), centres outside it make f stall on the ball's face (the other condition), and
+    images near the box's faces make the clip bind."""
+    rng = np.random.default_rng(11)
+    n, shape, eps, steps = 16, (3, 3, 1), 0.3, 20
+    checkpoints = [5, 9, 12, 14, 16, 18, 19]  # ceil(p_j * 20) for p = .22, .41, .57, .70, .80, .87, .93
+    assert attacks.apgd_checkpoints(steps) == checkpoints
+    x = rng.uniform(0.05, 0.95, (n,) + shape).astype(np.float32)
+    h = rng.uniform(0.5, 2.0, (n,) + shape)
+    c = x + rng.uniform(-1.0, 1.0, (n, 1, 1, 1)) * rng.uniform(0.0, 0.6, (n,) + shape)
+    consts = [tf.constant(a, tf.float32) for a in (h, c)]
+    objective = lambda z: -tf.reduce_sum(consts[0] * tf.square(z - consts[1]), axis=[1, 2, 3])  # noqa: E731
+    x_adv = attacks.linf_attack(objective, x, eps=eps, steps=steps, init="uniform", seed=2,
+                                step_rule=attacks.APGDStep(eps, steps), keep_best=True).numpy()
+    (start,) = recorded_starts
+    value_grad = lambda z: (-np.sum(h * (z - c) ** 2, axis=(1, 2, 3)), -2 * h * (z - c))  # noqa: E731
+    x = x.astype(np.float64)
+    expected = _apgd_reference(value_grad, x, x + start, eps, steps, checkpoints)
+    np.testing.assert_allclose(x_adv, expected, atol=1e-5)
+
+
 def test_keep_best_returns_the_worst_iterate_for_the_model(make_tiny_cnn, toy_data):
     model = make_tiny_cnn()
     x, y = toy_data
@@ -56,6 +122,30 @@ def test_keep_best_returns_the_worst_iterate_for_the_model(make_tiny_cnn, toy_da
     best = attacks.linf_attack(objective, x, keep_best=True, **kwargs)
     assert np.all(objective(best).numpy() >= objective(last).numpy() - 1e-6)
     assert np.abs(best.numpy() - x).max() <= 0.2 + 1e-6
+
+
+@pytest.mark.parametrize("reachable", [1, 3])
+def test_apgd_t_breaks_toward_the_one_target_within_reach(make_linear, reachable):
+    """Four classes on 4x4 images at 0.5 +- 0.005, ranked 0 > 1 > 2 > 3 there: z_0 = 0,
+    z_1 = x_0 - b_1 (one pixel), z_2 = x_1 - 0.65 and z_3 = a sum of pixels - 8.5. Worked by
+    hand at eps 0.05, exactly one class can overtake z_0: the runner-up (b_1 = 0.52) or the
+    least likely class (b_1 = 0.6, z_3 over all 16 pixels). APGD-T tries the targets in turn
+    and keeps any success per example, so every example must end in that class: a target mixed
+    up, the last target skipped or a later failure overwriting a success all show."""
+    rng = np.random.default_rng(5)
+    x = (0.5 + rng.uniform(-0.005, 0.005, (8, 4, 4, 1))).astype(np.float32)
+    w = np.zeros((16, 4), np.float32)
+    w[0, 1], w[1, 2] = 1.0, 1.0
+    if reachable == 1:  # z_1 = x_0 - 0.52 reaches +0.03; z_3 (pixels 2..15) - 8.5 reaches -0.8
+        w[2:, 3], b = 1.0, np.array([0.0, -0.52, -0.65, -8.5], np.float32)
+    else:  # z_1 = x_0 - 0.6 reaches -0.05 only; z_3 = sum(x) - 8.5 reaches +0.3
+        w[:, 3], b = 1.0, np.array([0.0, -0.6, -0.65, -8.5], np.float32)
+    model = make_linear(w, b, (4, 4, 1))
+    y = np.zeros(8, np.int32)
+    assert np.all(np.argsort(-model(x).numpy(), 1) == [0, 1, 2, 3])  # class 3 is the least likely
+    x_adv = attacks.APGD(steps=10, loss="dlr", targets=9)(model, x, y, 0.05, seed=0).numpy()
+    assert np.abs(x_adv - x).max() <= 0.05 + 1e-6
+    np.testing.assert_array_equal(np.argmax(model(x_adv).numpy(), 1), reachable)
 
 
 def _block_classifier(make_linear, num_classes=4):

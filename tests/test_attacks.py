@@ -116,6 +116,31 @@ def test_momentum_attack_runs_and_respects_budget(make_tiny_cnn, toy_data):
     assert np.abs(x_adv - x).max() <= 0.1 + 1e-6
 
 
+def test_momentum_steps_follow_mi_fgsm():
+    """MI-FGSM (Dong et al., 2018): v <- mu v + g / |g|_1, x <- P(x + step sign(v)), against a
+    NumPy replay on the concave quadratic f(z) = -sum(h (z - c)^2) with c inside the ball,
+    where the gradient turns around at c: with mu = 1 the velocity keeps the iterate going
+    past c for a while, unlike plain signed steps."""
+    spec = attacks.get_attack("mifgsm5")
+    assert (spec.momentum, spec.init, spec.steps, spec.step_for(0.1)) == (1.0, "zero", 5, pytest.approx(0.02))
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.3, 0.7, (8, 3, 3, 1)).astype(np.float32)
+    h = rng.uniform(0.5, 2.0, x.shape)
+    c = x + rng.uniform(-0.08, 0.08, x.shape)
+    eps, step, steps = 0.1, 0.03, 8
+    h_t, c_t = tf.constant(h, tf.float32), tf.constant(c, tf.float32)
+    objective = lambda z: -tf.reduce_sum(h_t * tf.square(z - c_t), axis=[1, 2, 3])  # noqa: E731
+    x_adv = attacks.linf_attack(objective, x, eps=eps, step_size=step, steps=steps, momentum=1.0).numpy()
+    z, velocity = x.astype(np.float64), np.zeros(x.shape)
+    for _ in range(steps):
+        g = -2 * h * (z - c)
+        velocity = velocity + g / np.abs(g).sum(axis=(1, 2, 3), keepdims=True)
+        z = np.clip(np.clip(z + step * np.sign(velocity), x - eps, x + eps), 0, 1)
+    np.testing.assert_allclose(x_adv, z, atol=1e-5)
+    plain = attacks.linf_attack(objective, x, eps=eps, step_size=step, steps=steps).numpy()
+    assert np.abs(plain - z).max() > step / 2  # the momentum made a difference
+
+
 def test_get_attack_parses_names_and_rejects_bad_ones():
     pgd = attacks.get_attack("pgd50x10")
     assert (pgd.steps, pgd.restarts, pgd.loss) == (50, 10, "ce")

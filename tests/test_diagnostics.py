@@ -247,6 +247,16 @@ def test_co_monitor_silent_on_healthy_history(make_tiny_cnn, toy_data):
     assert history["co_pgd_accuracy"] == [p for p, _ in HEALTHY]
 
 
+def test_co_monitor_measures_the_drop_from_the_best_epoch_not_the_last(make_tiny_cnn, toy_data):
+    """PGD accuracy 0.50 -> 0.36 -> 0.22 -> 0.40: each epoch drops 0.14 (under max_drop = 0.2),
+    but epoch 3 is 0.28 below the best (0.50), a collapse; epoch 4 is 0.10 below it, none. The
+    collapsed epoch does not become the reference (FGSM - PGD gaps stay at 0.1)."""
+    monitor = ScriptedMonitor([(0.50, 0.60), (0.36, 0.46), (0.22, 0.32), (0.40, 0.50)], action="warn")
+    _, history, _ = _fit_with(monitor, make_tiny_cnn, toy_data, epochs=4)
+    assert history["co_collapsed"] == [0.0, 0.0, 1.0, 0.0] and monitor.collapsed_epoch == 3
+    assert "below the best 0.500" in monitor.records[2]["reasons"][0]
+
+
 def test_co_monitor_stop_ends_training_at_the_collapse(make_tiny_cnn, toy_data):
     monitor = ScriptedMonitor(COLLAPSING, action="stop")
     model, history, snapshots = _fit_with(monitor, make_tiny_cnn, toy_data, epochs=5)

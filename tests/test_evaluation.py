@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import seat_tf
 from seat_tf import evaluation
-from tests.conftest import without_keys
+from tests.conftest import linear_classifier, without_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1  # the trained toy model below keeps about half its accuracy under PGD at this radius
@@ -91,6 +91,103 @@ def test_composite_of_attacks_already_run_is_their_conjunction(trained):
     assert entry["robust_accuracy"] == result["worst_case_accuracy"]
     assert entry["stages"][0]["robust_accuracy"] == result["attacks"]["fgsm"]["robust_accuracy"]
     assert entry["robust_accuracy"] <= min(result["attacks"][k]["robust_accuracy"] for k in ("fgsm", "pgd5"))
+
+
+class _Vertex:
+    """An exact attack on a binary linear classifier: its margin z_y - z_other is linear, so the
+    vertex x + eps * sign(w_other - w_y) of the eps-ball minimizes it. side="low" / "high"
+    attacks only the examples whose first pixel is below / not below 0.5 (the others come back
+    unchanged); helpful=True steps toward the label instead (a broken attack that helps)."""
+
+    def __init__(self, w, name, side=None, helpful=False):
+        self.toward_1 = tf.constant(np.sign(w[:, 1] - w[:, 0]).reshape(1, 4, 4, 1), tf.float32)
+        self.name, self.side, self.helpful = name, side, helpful
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+        away = tf.where(tf.equal(y, 0), 1.0, -1.0)[:, None, None, None] * self.toward_1
+        moved = tf.clip_by_value(x + eps * (-away if self.helpful else away), 0.0, 1.0)
+        if self.side is None:
+            return moved
+        low = x[:, 0, 0, 0] < 0.5
+        chosen = low if self.side == "low" else ~low
+        return tf.where(chosen[:, None, None, None], moved, x)
+
+
+@pytest.fixture(scope="module")
+def linear_binary():
+    """A binary linear classifier on 4x4 images in [0.2, 0.8] (so x +- 0.1 never clips), a
+    quarter of the labels wrong, and the closed form of every example's margin."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(16, 2))
+    b = -0.5 * w.sum(0)  # centred: both classes predicted
+    x = rng.uniform(0.2, 0.8, (80, 4, 4, 1)).astype(np.float32)
+    z = x.reshape(80, -1).astype(np.float64) @ w + b
+    y = z.argmax(1)
+    y[::4] = 1 - y[::4]
+    margin = z[np.arange(80), y] - z[np.arange(80), 1 - y]  # > 0: correct
+    slope = np.abs(w[:, 1] - w[:, 0]).sum()  # the vertex lowers the margin by eps * slope
+    model = linear_classifier(w, b, (4, 4, 1))
+    dataset = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32))).batch(32)  # 32, 32, 16
+    return model, dataset, w, x, margin, slope
+
+
+def test_robust_accuracy_is_the_per_example_worst_case_over_attacks(linear_binary):
+    """Two exact attacks that each break a different part of the examples: each one's robust
+    accuracy, the worst case over attacks (per example: robust only if no attack breaks it)
+    and the composite (run stage by stage, or derived from its members) against the closed
+    form; examples wrong on the clean image never count as robust, even under an attack
+    that would fix them."""
+    model, dataset, w, x, margin, slope = linear_binary
+    eps = 0.05
+    assert np.abs(margin).min() > 1e-3 and np.abs(margin - eps * slope).min() > 1e-3  # no ties to round
+    clean = margin > 0
+    broken = clean & (margin < eps * slope)
+    low = x[:, 0, 0, 0] < 0.5
+    robust_low, robust_high, worst = clean & ~(broken & low), clean & ~(broken & ~low), clean & ~broken
+    assert 0.6 < clean.mean() < 0.9 and (broken & low).any() and (broken & ~low).any()
+    low_attack, high_attack = _Vertex(w, "low", side="low"), _Vertex(w, "high", side="high")
+    composite = seat_tf.attacks.Composite((low_attack, high_attack), name="low+high")
+    result = seat_tf.evaluate(model, dataset, attacks=[low_attack, high_attack, _Vertex(w, "helpful", helpful=True),
+                                                       composite], eps=eps, verbose=0, sanity=False)
+    acc = _accuracies(result)
+    assert result["clean_accuracy"] == pytest.approx(clean.mean())
+    assert acc["low"] == pytest.approx(robust_low.mean()) and acc["high"] == pytest.approx(robust_high.mean())
+    assert acc["helpful"] == pytest.approx(clean.mean())
+    assert result["worst_case_accuracy"] == pytest.approx(worst.mean()) and result["worst_case_num_examples"] == 80
+    entry = result["attacks"]["low+high"]
+    assert entry["derived_from"] == ["low", "high"] and entry["robust_accuracy"] == pytest.approx(worst.mean())
+    assert [s["robust_accuracy"] for s in entry["stages"]] == pytest.approx([robust_low.mean(), worst.mean()])
+    # Run stage by stage: the second member attacks only what the first left, fooled stays fooled.
+    alone = seat_tf.evaluate(model, dataset, attacks=[composite], eps=eps, verbose=0, sanity=False)
+    stages = alone["attacks"]["low+high"]["stages"]
+    assert [s["robust_accuracy"] for s in stages] == pytest.approx([robust_low.mean(), worst.mean()])
+
+
+def test_eps_sweep_is_the_closed_form_accuracy_at_each_eps(linear_binary):
+    """The sweep's accuracy at each eps: correct examples whose margin exceeds eps * |w_1 - w_0|_1."""
+    model, dataset, w, x, margin, slope = linear_binary
+    sweep_eps = [0.1, 0.0, 0.02, 0.05]  # unsorted on purpose
+    assert min(np.abs(margin - eps * slope).min() for eps in sweep_eps) > 1e-3  # no ties to round
+    result = seat_tf.evaluate(model, dataset, attacks=[_Vertex(w, "vertex")], eps=0.05, verbose=0, sanity=False,
+                              sweep_eps=sweep_eps, sweep_limit=64)
+    sweep = result["sweep"]
+    assert sweep["eps"] == sorted(sweep_eps) and sweep["num_examples"] == 64
+    expected = [np.mean((margin > eps * slope)[:64]) for eps in sorted(sweep_eps)]
+    assert len(set(expected)) == 4  # every eps gives its own accuracy
+    assert sweep["accuracy"]["vertex"] == pytest.approx(expected)
+    assert sweep["clean_accuracy"] == pytest.approx(np.mean(margin[:64] > 0))
+
+
+def test_report_table_shows_the_per_example_worst_case():
+    """Hand-made result: attacks a and b each fool half of four examples, different halves,
+    so the worst case over them is 0.0 while neither attack goes below 0.5."""
+    result = {"num_examples": 4, "clean_accuracy": 1.0, "eps": 0.1, "seed": 0, "worst_case_accuracy": 0.0,
+              "attacks": {name: {"robust_accuracy": 0.5, "seconds": 1.0, "num_examples": 4, "clean_accuracy": 1.0}
+                          for name in ("a", "b")}}
+    table = evaluation.format_table(result).splitlines()
+    assert table[-1] == "| worst case | 4 | | 0.0000 | |"
+    assert "| a | 4 | 1.0000 | 0.5000 | 1.0 |" in table
+    assert "| 100.00 | 50.00 | 50.00 |" in evaluation.format_report(result)
 
 
 def test_same_seed_gives_identical_results(trained):

@@ -127,6 +127,28 @@ def test_fab_t_goes_on_to_less_likely_targets_when_their_boundary_is_nearer(make
     np.testing.assert_array_equal(only_runner_up, x)
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_fab_first_iterations_on_an_affine_boundary_by_hand(make_linear, steps):
+    """Worked by hand for a binary affine classifier from x well inside the box: the minimal
+    step onto the boundary is delta = -r sign(w_y - w_t), r = g(x) / |w_y - w_t|_1. Step 1
+    starts at x, so both projections are delta and x_1 = x + eta delta (fooled; pulled back to
+    x + beta eta delta = x + s delta). Step 2: the iterate is (1 - s) r from the boundary and
+    r from x, so alpha = (1 - s) / (2 - s) (below alpha_max) and
+    x_2 = x + [(1 - alpha)(s + eta (1 - s)) + alpha eta] delta, fooled and closer than x_1."""
+    model, x, y, minimum = _linear_problem(make_linear, 2, 8, seed=6)
+    fab = attacks.FAB(steps=steps)
+    eta, beta = fab.eta, fab.beta
+    w = model.get_weights()[0].astype(np.float64)
+    sign = np.sign(w[:, y] - w[:, 1 - y]).T.reshape(x.shape)
+    delta = -minimum.min(1).reshape(-1, 1, 1, 1) * sign
+    s = beta * eta
+    alpha = (1 - s) / (2 - s)
+    assert alpha < fab.alpha_max
+    scale = eta if steps == 1 else (1 - alpha) * (s + eta * (1 - s)) + alpha * eta
+    x_adv = _compiled(fab, model)(x, y, 1.0).numpy()
+    np.testing.assert_allclose(x_adv, x + scale * delta, atol=2e-6)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A tiny CNN fit to the 3-class toy images of conftest (class k brightens a row band by

@@ -45,7 +45,8 @@ class APGDStep:
     From iterate x_k with gradient g_k: z = P(x_k + eta * sign(g_k)), then
     x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1})) (alpha = 1 at the first
     step). eta starts at 2 eps, per example. At each checkpoint w_j (`apgd_checkpoints`) eta
-    is halved and the iterate restarts from the best point so far (with zero momentum)
+    is halved and the iterate restarts from the best point so far (the next step's momentum
+    is x_max - x_{k-1}, as in the algorithm, where x^(k+1) <- x_max replaces the new iterate)
     where either (1) the objective increased in fewer than rho * (w_j - w_{j-1}) of the
     steps since w_{j-1}, or (2) eta was not halved at w_{j-1} and the best value has not
     improved since then.
@@ -104,7 +105,7 @@ class APGDStep:
         to_best = engine.per_example(reduce, x_adv)
         x_adv = tf.where(to_best, s["x_max"], x_adv)
         grad = tf.where(to_best, s["g_max"], grad)
-        x_prev = tf.where(to_best, s["x_max"], s["x_prev"])
+        x_prev = s["x_prev"]  # a restart keeps the momentum from the iterate before (Algorithm 1)
         s["reduced_last"] = tf.where(at_checkpoint, reduce, s["reduced_last"])
         s["f_checkpoint"] = tf.where(at_checkpoint, s["f_max"], s["f_checkpoint"])
         s["increases"] = tf.where(at_checkpoint, tf.zeros_like(s["increases"]), s["increases"])
