@@ -282,7 +282,8 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
         else None,
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
-                  train_seconds=round(train_seconds, 1), divergence_events=divergence, diverged_unrecovered=not recovered)
+                  train_seconds=round(train_seconds, 1), divergence_events=divergence, diverged_unrecovered=not recovered,
+                  drift_epoch=guard.drift_epoch if guard is not None else None)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
     return result
@@ -337,4 +338,8 @@ def report_monitors(monitors, workdir):
             events = "; ".join(f"{e['reason']} -> {e['action']}" for e in monitor.events)
             print(f"\nWARNING: training diverged ({events}). The model holds the weights of epoch "
                   f"{monitor.last_good_epoch}.")
+        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.drift_epoch:
+            print(f"\nWARNING: the monitored training value grew past {monitor.drift_factor}x its best at epoch "
+                  f"{monitor.drift_epoch} (a sign of slow catastrophic overfitting); check the robust accuracy "
+                  f"per epoch (config.diagnostics.co_monitor=True) before trusting this model.")
     return divergence

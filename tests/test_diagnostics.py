@@ -477,6 +477,21 @@ def test_divergence_guard_stop_restores_and_stops():
         np.testing.assert_array_equal(restored, good)
 
 
+def test_divergence_guard_warns_once_when_the_linearity_term_drifts_up(caplog):
+    # The plain CNN's drifting SEAT run of issue 14, in shape: the term climbs every epoch
+    # (0.2 -> 0.7 is 3.5x its best at epoch 4) without ever jumping 10x. A warning, once; no
+    # action, no flag, the learning rate untouched, the drifting epochs never a checkpoint.
+    with caplog.at_level("WARNING", logger="seat_tf.diagnostics.guard"):
+        model, guard, history, _ = _guarded_fit([0.2, 0.25, 0.45, 0.7, 0.9, 1.3], action="restore")
+    assert guard.drift_epoch == 4 and guard.events == [] and "diverged" not in history
+    warnings = [r.getMessage() for r in caplog.records if "drifting" in r.getMessage()]
+    assert len(warnings) == 1 and "linearity_error 0.7 at epoch 4 is 3.5x its best 0.2" in warnings[0]
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.1) and guard.last_good_epoch == 2
+    # Below 3x (healthy runs of the study reached 2.3x) it stays silent; drift_factor=None turns it off.
+    assert _guarded_fit([0.2, 0.3, 0.45, 0.58, 0.55])[1].drift_epoch is None
+    assert _guarded_fit([0.2, 0.25, 0.45, 0.7], drift_factor=None)[1].drift_epoch is None
+
+
 def test_divergence_guard_catches_a_non_finite_loss_at_once():
     from seat_tf.diagnostics import DivergenceGuard
 
@@ -498,5 +513,7 @@ def test_divergence_guard_rejects_bad_settings():
         DivergenceGuard(factor=0.5)
     with pytest.raises(ValueError, match="action"):
         DivergenceGuard(action="warn")
+    with pytest.raises(ValueError, match="drift_factor"):
+        DivergenceGuard(drift_factor=1.5)
     with pytest.raises(ValueError, match="good_factor"):
         DivergenceGuard(factor=10.0, good_factor=20.0)

@@ -32,10 +32,17 @@ class DivergenceGuard(keras.callbacks.Callback):
     Each event is logged as a warning and kept in `events`; the epoch logs get `diverged` (0/1).
     `recovered` is False after a divergence that training did not come back from (stopped,
     or ended on restored weights).
+
+    Slow drift is warned about, not acted on: the first epoch whose value exceeds
+    `drift_factor` times its best (but not `factor`) logs a warning and sets `drift_epoch`.
+    With SEAT that is the signature of slow catastrophic overfitting: the linearity term
+    climbing every epoch while PGD accuracy peaks and falls (issue 14: in 4 of 4 such runs it
+    passed 3x its best, at epochs 4-6 of 10, while no healthy run of the study went above
+    2.3x). The guard sees no robust accuracy, so it cannot tell; the warning names what can.
     """
 
     def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2,
-                 good_factor=2.0):
+                 good_factor=2.0, drift_factor=3.0):
         super().__init__()
         if action not in ("stop", "restore"):
             raise ValueError(f"action must be 'stop' or 'restore', got {action!r}.")
@@ -43,10 +50,13 @@ class DivergenceGuard(keras.callbacks.Callback):
             raise ValueError(f"factor must be > 1, got {factor}.")
         if not 1 <= good_factor <= factor:
             raise ValueError(f"good_factor must lie in [1, factor], got {good_factor}.")
+        if drift_factor is not None and drift_factor < good_factor:
+            raise ValueError(f"drift_factor must be >= good_factor ({good_factor}) or None, got {drift_factor}.")
         if not 0 < lr_factor <= 1:
             raise ValueError(f"lr_factor must lie in (0, 1], got {lr_factor}.")
         self.monitor, self.factor, self.action, self.good_factor = monitor, factor, action, good_factor
-        self.lr_factor, self.max_restores = lr_factor, max_restores
+        self.lr_factor, self.max_restores, self.drift_factor = lr_factor, max_restores, drift_factor
+        self.drift_epoch = None  # the first epoch above drift_factor x the best (warned once)
         self.events, self.restores = [], 0
         self._good_weights, self._good_epoch, self._best = None, None, None
         self._reference = {}  # monitored key -> its value after the first batch of training
@@ -133,6 +143,16 @@ class DivergenceGuard(keras.callbacks.Callback):
             self._log_flag(logs, epoch, float(diverged))
         if diverged:
             self._act(f"{key} {float(value):.4g} at epoch {epoch + 1} exceeds {self.factor}x its best {self._best:.4g}")
+            return
+        if (self.drift_factor is not None and self.drift_epoch is None and value is not None and self._best
+                and float(value) > self.drift_factor * self._best):
+            self.drift_epoch = epoch + 1
+            logger.warning(
+                f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x its best "
+                f"{self._best:.4g}: training may be drifting into catastrophic overfitting (robust accuracy "
+                f"falling while training accuracy rises). Check robust accuracy per epoch "
+                f"(seat_tf.diagnostics.CatastrophicOverfittingMonitor); for SEAT at large eps, "
+                f"double_backprop=True holds the linearity term flat.")
         elif value is not None and math.isfinite(float(value)) and (
                 self._best is None or float(value) <= self.good_factor * self._best):
             self._best = float(value) if self._best is None else min(self._best, float(value))
