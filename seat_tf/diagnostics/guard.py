@@ -37,8 +37,9 @@ class DivergenceGuard(keras.callbacks.Callback):
     `drift_factor` times its best (but not `factor`) logs a warning and sets `drift_epoch`.
     With SEAT that is the signature of slow catastrophic overfitting: the linearity term
     climbing every epoch while PGD accuracy peaks and falls (issue 14: in 4 of 4 such runs it
-    passed 3x its best, at epochs 4-6 of 10, while no healthy run of the study went above
-    2.3x). The guard sees no robust accuracy, so it cannot tell; the warning names what can.
+    passed 3x its best, at epochs 4-6 of 10; one run passed it at epoch 7 with its PGD accuracy
+    intact; no other run of the study went above 2.3x). The guard sees no robust accuracy, so
+    it cannot tell; the warning names what can.
     """
 
     def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2,
