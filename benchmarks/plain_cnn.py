@@ -32,6 +32,7 @@ STUDY = (
     + [(m, "paper", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "paper", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg_steps3", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [(m, "ncg_steps3u", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
 )
 
 
@@ -62,7 +63,7 @@ def identify(saved):
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam)
-    for variant in ("ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform", "paper"):
+    for variant in ("ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform", "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
         if all(method.get(k, defaults.get(k)) == v for k, v in wanted.items()):

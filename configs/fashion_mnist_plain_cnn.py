@@ -9,7 +9,7 @@
 The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's settings, preset
 "paper", except the one option named): "defaults" (SEATModel's defaults), "paper",
 "ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "ncg_dbp" (both), "ncg_steps3" (ncg with a 3-step inner attack, the budget's
-`:seat_steps3`), "probs" (margin on
+`:seat_steps3`), "ncg_steps3u" (the same 3 steps of eps/2 from a uniform start), "probs" (margin on
 probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
@@ -28,6 +28,7 @@ VARIANTS = {
     "dbp": dict(preset="paper", double_backprop=True),
     "ncg_dbp": dict(preset="paper", clean_loss_gradient=False, double_backprop=True),
     "ncg_steps3": dict(preset="paper", clean_loss_gradient=False, attack_steps=3),
+    "ncg_steps3u": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform", rel_step_size=0.5),
     "probs": dict(preset="paper", margin_on="probs"),
     "clip": dict(preset="paper", linearity_clip=1.0),
     "uniform": dict(preset="paper", init="uniform"),
