@@ -41,6 +41,7 @@ SUITE, REGISTRY, FAB = "seat_tf/attacks/suite.py", "seat_tf/attacks/registry.py"
 PROTOCOL, RUNNER = "seat_tf/evaluation/protocol.py", "seat_tf/evaluation/runner.py"
 SANITY, REPORT = "seat_tf/evaluation/sanity.py", "seat_tf/evaluation/report.py"
 MEASURE, MONITORS = "seat_tf/diagnostics/measure.py", "seat_tf/diagnostics/monitors.py"
+SCHEDULES = "seat_tf/schedules.py"
 
 # The evaluation side: each group runs in well under a minute.
 SUITE_TESTS = ("tests/test_attack_suite.py",)
@@ -53,6 +54,7 @@ EVAL_TESTS = ("tests/test_evaluation.py::test_robust_accuracy_is_the_per_example
               "tests/test_evaluation.py::test_subsets_limits_and_bad_input",
               "tests/test_evaluation.py::test_report_files_with_eps_sweep", "tests/test_sanity_checks.py")
 DIAG_TESTS = ("tests/test_diagnostics.py",)
+SCHEDULE_TESTS = ("tests/test_schedules.py",)
 
 # (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
 MUTANTS = [
@@ -113,6 +115,35 @@ MUTANTS = [
     ("baselines_nfgsm_projects", BASELINES, "init_radius_factor=noise_factor, project=False",
      "init_radius_factor=noise_factor, project=True"),
     ("baselines_rs_fgsm_step", BASELINES, "epsilon=8 / 255, rel_step_size=1.25", "epsilon=8 / 255, rel_step_size=1.0"),
+    ("baselines_fgsm_random_start", BASELINES, "rel_step_size=rel_step_size, init=\"zero\", **kwargs",
+     "rel_step_size=rel_step_size, init=\"uniform\", **kwargs"),
+    ("baselines_nfgsm_noise_radius_eps", BASELINES, "init_radius_factor=noise_factor, project=False",
+     "init_radius_factor=1.0, project=False"),
+    ("baselines_at_objective_on_clean", BASELINES,
+     "adv_logits = self.classify(x_adv, training=True)\n        return self.batch_mean",
+     "adv_logits = self.classify(x, training=True)\n        return self.batch_mean"),
+    ("baselines_trades_zero_start", BASELINES, "steps=self.steps, init=\"normal\"", "steps=self.steps, init=\"zero\""),
+    ("baselines_trades_step_eps", BASELINES, "step_size=self.rel_step_size * epsilon, steps=self.steps",
+     "step_size=epsilon, steps=self.steps"),
+    ("baselines_trades_natural_term_adversarial", BASELINES, "loss = self.batch_mean(clean.loss) + self.beta",
+     "loss = self.batch_mean(losses.cross_entropy(y, adv_logits)) + self.beta"),
+    ("baselines_trades_kl_weights_adv", BASELINES, "tf.reduce_sum(tf.exp(clean_log_probs) *",
+     "tf.reduce_sum(tf.exp(tf.nn.log_softmax(adv_logits)) *"),
+    ("baselines_gradalign_drops_lam", BASELINES, "+ self.lam * self.batch_mean(1.0 - cos)", "+ self.batch_mean(1.0 - cos)"),
+    ("baselines_gradalign_half_radius_noise", BASELINES, "attacks.random_start(x, self.current_epsilon(), \"uniform\"",
+     "attacks.random_start(x, 0.5 * self.current_epsilon(), \"uniform\""),
+    ("baselines_gradalign_cosine_norm", BASELINES, "(tf.norm(a, axis=-1) * tf.norm(b, axis=-1) + 1e-12)",
+     "(tf.norm(a, axis=-1) ** 2 + 1e-12)"),
+    ("baselines_gradalign_half_fgsm", BASELINES, "x + epsilon * tf.sign(tf.stop_gradient(clean.grad))",
+     "x + 0.5 * epsilon * tf.sign(tf.stop_gradient(clean.grad))"),
+    ("baselines_gradalign_clean_grad_constant", BASELINES, "clean_pass = \"differentiable_gradient\"\n    logged_metrics = (\"grad_alignment\",)",
+     "clean_pass = \"gradient\"\n    logged_metrics = (\"grad_alignment\",)"),
+    ("schedule_rises_over_all_steps", SCHEDULES, "(self.peak_lr - self.start_lr) * step / peak_step",
+     "(self.peak_lr - self.start_lr) * step / self.total_steps", SCHEDULE_TESTS),
+    ("schedule_falls_over_all_steps", SCHEDULES, "(step - peak_step) / (self.total_steps - peak_step))",
+     "(step - peak_step) / self.total_steps)", SCHEDULE_TESTS),
+    ("schedule_no_floor_after_end", SCHEDULES, "tf.minimum(1.0, (step - peak_step) / (self.total_steps - peak_step))",
+     "(step - peak_step) / (self.total_steps - peak_step)", SCHEDULE_TESTS),
     ("engine_projection_radius", ENGINE, "tf.clip_by_value(x_adv - x, -eps, eps)",
      "tf.clip_by_value(x_adv - x, -2 * eps, 2 * eps)", ATTACKS),
     ("engine_no_box_clip", ENGINE, "return tf.clip_by_value(x_adv, 0.0, 1.0)\n\n\ndef _values", "return x_adv\n\n\ndef _values",
