@@ -33,6 +33,7 @@ STUDY = (
     + [(m, "paper", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg_steps3", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg_steps3u", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [("plain", "ncg_switch", 0.3, 10, 1)]
 )
 
 
@@ -63,9 +64,13 @@ def identify(saved):
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam)
-    for variant in ("ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform", "paper"):
+    on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
+    for variant in ("ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
+                    "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
+        if config.diagnostics.get("on_drift", "warn") != on_drift:
+            continue
         if all(method.get(k, defaults.get(k)) == v for k, v in wanted.items()):
             return model, variant, method["epsilon"], saved["epochs"], saved["seed"]
     raise ValueError(f"No study variant matches {method}.")
@@ -95,7 +100,8 @@ def markdown(records):
     for r in sorted(records, key=lambda r: order.get(key(r["model"], r["variant"], r["eps"], r["epochs"], r["seed"]), 99)):
         lin = r["history"].get("linearity_error", [])
         lin_text = " ".join(f"{v:.3g}" for v in lin[-3:])
-        lines.append(f"| {r['model']} | {r['variant']} | {r['eps']:g} | {r['epochs']} | {r['seed']} | {r['clean']:.3f} | "
+        variant = r["variant"] + (f" (double backprop after epoch {r['switched_epoch']})" if r.get("switched_epoch") else "")
+        lines.append(f"| {r['model']} | {variant} | {r['eps']:g} | {r['epochs']} | {r['seed']} | {r['clean']:.3f} | "
                      f"{r['robust'].get('pgd20', float('nan')):.3f} | {lin_text} | {'yes' if r['diverged'] else 'no'} |")
     return "\n".join(lines) + "\n"
 

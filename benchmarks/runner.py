@@ -90,6 +90,7 @@ def record_of(config, history, report, seconds, divergence_events=()):
         clean=report["clean_accuracy"],
         robust={name: entry["robust_accuracy"] for name, entry in report["attacks"].items()},
         examples={name: entry["num_examples"] for name, entry in report["attacks"].items()},
+        drift_epoch=report.get("drift_epoch"), switched_epoch=report.get("switched_epoch"),
     )
 
 

@@ -41,7 +41,7 @@ SUITE, REGISTRY, FAB = "seat_tf/attacks/suite.py", "seat_tf/attacks/registry.py"
 PROTOCOL, RUNNER = "seat_tf/evaluation/protocol.py", "seat_tf/evaluation/runner.py"
 SANITY, REPORT = "seat_tf/evaluation/sanity.py", "seat_tf/evaluation/report.py"
 MEASURE, MONITORS = "seat_tf/diagnostics/measure.py", "seat_tf/diagnostics/monitors.py"
-SCHEDULES = "seat_tf/schedules.py"
+SCHEDULES, GUARD = "seat_tf/schedules.py", "seat_tf/diagnostics/guard.py"
 
 # The evaluation side: each group runs in well under a minute.
 SUITE_TESTS = ("tests/test_attack_suite.py",)
@@ -138,6 +138,10 @@ MUTANTS = [
      "x + 0.5 * epsilon * tf.sign(tf.stop_gradient(clean.grad))"),
     ("baselines_gradalign_clean_grad_constant", BASELINES, "clean_pass = \"differentiable_gradient\"\n    logged_metrics = (\"grad_alignment\",)",
      "clean_pass = \"gradient\"\n    logged_metrics = (\"grad_alignment\",)"),
+    ("seat_switch_keeps_clean_pass", SEAT, "self.clean_pass = \"differentiable_gradient\"\n        return True",
+     "return True"),
+    ("diag_switch_without_retrace", GUARD, "self.model.make_train_function(force=True)\n                self.switched_epoch",
+     "self.switched_epoch", DIAG_TESTS),
     ("schedule_rises_over_all_steps", SCHEDULES, "(self.peak_lr - self.start_lr) * step / peak_step",
      "(self.peak_lr - self.start_lr) * step / self.total_steps", SCHEDULE_TESTS),
     ("schedule_falls_over_all_steps", SCHEDULES, "(step - peak_step) / (self.total_steps - peak_step))",

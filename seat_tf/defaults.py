@@ -140,7 +140,8 @@ def diagnostics_config():
       divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
         weights (and lowers the learning rate) when the loss goes non-finite or the linearity
         error / loss jumps above divergence_factor times its best; divergence_action
-        restore | stop.
+        restore | stop; on_drift warn | double_backprop: what it does when the value passes
+        3x its best (slow drift: warn, or for SEAT also switch double backprop on).
     """
     placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(
@@ -161,5 +162,6 @@ def diagnostics_config():
             divergence_guard=True,
             divergence_factor=10.0,
             divergence_action="restore",
+            on_drift="warn",
         )
     )

@@ -178,7 +178,8 @@ def build_monitors(config, workdir=None):
 
     monitors = []
     if diag.get("divergence_guard"):
-        monitors.append(diagnostics.DivergenceGuard(factor=diag.divergence_factor, action=diag.divergence_action))
+        monitors.append(diagnostics.DivergenceGuard(factor=diag.divergence_factor, action=diag.divergence_action,
+                                                    on_drift=diag.get("on_drift", "warn")))
     if not (diag.linearity_monitor or diag.co_monitor):
         return monitors
 
@@ -283,7 +284,8 @@ def _run_locked(config, workdir, outdir, worker, model, monitors, datasets, stra
     )
     report.update(method=config.method.name, dataset=config.dataset.name, epochs=config.epochs,
                   train_seconds=round(train_seconds, 1), divergence_events=divergence, diverged_unrecovered=not recovered,
-                  drift_epoch=guard.drift_epoch if guard is not None else None)
+                  drift_epoch=guard.drift_epoch if guard is not None else None,
+                  switched_epoch=guard.switched_epoch if guard is not None else None)
     paths = evaluation.write_report(report, workdir, title=f"{config.method.name} on {config.dataset.name}")
     result.update(report=report, paths=list(paths.values()) + [os.path.join(workdir, "training_curves.png")])
     return result
@@ -338,7 +340,11 @@ def report_monitors(monitors, workdir):
             events = "; ".join(f"{e['reason']} -> {e['action']}" for e in monitor.events)
             print(f"\nWARNING: training diverged ({events}). The model holds the weights of epoch "
                   f"{monitor.last_good_epoch}.")
-        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.drift_epoch:
+        if isinstance(monitor, diagnostics.DivergenceGuard) and monitor.switched_epoch:
+            print(f"\nThe monitored training value grew past {monitor.drift_factor}x its best at epoch "
+                  f"{monitor.switched_epoch} (a sign of slow catastrophic overfitting); SEAT trained with double "
+                  f"backprop from then on (config.diagnostics.on_drift='double_backprop').")
+        elif isinstance(monitor, diagnostics.DivergenceGuard) and monitor.drift_epoch:
             print(f"\nWARNING: the monitored training value grew past {monitor.drift_factor}x its best at epoch "
                   f"{monitor.drift_epoch} (a sign of slow catastrophic overfitting); check the robust accuracy "
                   f"per epoch (config.diagnostics.co_monitor=True) before trusting this model.")

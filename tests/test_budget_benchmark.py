@@ -121,6 +121,15 @@ def test_plain_cnn_study_configs_and_their_identification():
         assert plain_cnn.identify(experiment.to_dict(plain_cnn.config_for(*entry))) == entry
     with pytest.raises(ValueError, match="Unknown variant"):
         plain_cnn.config_for("plain", "nope", 0.2, 5, 0)
+    # ncg_switch differs from ncg only in its guard, which the experiment builds from the config.
+    from seat_tf.diagnostics import DivergenceGuard
+
+    def guards(config):
+        return [m for m in experiment.build_monitors(config) if isinstance(m, DivergenceGuard)]
+
+    switch = plain_cnn.config_for("plain", "ncg_switch", 0.3, 10, 1)
+    assert switch.method.to_dict() == plain.method.to_dict() and not guards(plain)
+    assert [g.on_drift for g in guards(switch)] == ["double_backprop"]
 
 
 def test_exploded_flags_blow_ups_not_noise():

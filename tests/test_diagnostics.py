@@ -492,6 +492,40 @@ def test_divergence_guard_warns_once_when_the_linearity_term_drifts_up(caplog):
     assert _guarded_fit([0.2, 0.25, 0.45, 0.7], drift_factor=None)[1].drift_epoch is None
 
 
+def test_divergence_guard_switches_a_drifting_seat_run_to_double_backprop(make_tiny_cnn, toy_data, caplog):
+    from seat_tf.diagnostics import DivergenceGuard
+
+    x, y = toy_data
+    model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    guard = DivergenceGuard(action="stop", on_drift="double_backprop")
+    functions = []
+    recorder = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: functions.append(model.train_function))
+    with caplog.at_level("WARNING", logger="seat_tf.diagnostics.guard"):
+        history = model.fit(x, y, batch_size=32, epochs=6, verbose=0,
+                            callbacks=[_ScriptedLogs([0.2, 0.25, 0.45, 0.7, 0.9, 1.3]), recorder, guard])
+    assert guard.drift_epoch == 4 and guard.switched_epoch == 4 and guard.events == []
+    assert model.variant.double_backprop and model.clean_pass == "differentiable_gradient"
+    assert len(history.history["loss"]) == 6 and np.all(np.isfinite(history.history["loss"]))
+    # Epochs 1-4 ran one traced step, epochs 5-6 a new one (retraced with double backprop).
+    assert functions[0] is functions[3] and functions[4] is not functions[3] and functions[4] is functions[5]
+    switched = [r.getMessage() for r in caplog.records if "switched SEAT to double backprop" in r.getMessage()]
+    assert len(switched) == 1 and "epoch 4" in switched[0]
+    # Without drift nothing changes.
+    calm = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.05, val_attack=None, seed=0)
+    calm.compile(optimizer=keras.optimizers.SGD(0.01))
+    calm_guard = DivergenceGuard(on_drift="double_backprop")
+    calm.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[_ScriptedLogs([0.2, 0.25, 0.3]), calm_guard])
+    assert calm_guard.switched_epoch is None and not calm.variant.double_backprop
+
+
+def test_divergence_guard_on_drift_needs_a_model_that_can_switch():
+    from seat_tf.diagnostics import DivergenceGuard
+
+    with pytest.raises(ValueError, match="use_double_backprop"):
+        _guarded_fit([0.2, 0.3], on_drift="double_backprop")
+
+
 def test_divergence_guard_catches_a_non_finite_loss_at_once():
     from seat_tf.diagnostics import DivergenceGuard
 
@@ -515,5 +549,9 @@ def test_divergence_guard_rejects_bad_settings():
         DivergenceGuard(action="warn")
     with pytest.raises(ValueError, match="drift_factor"):
         DivergenceGuard(drift_factor=1.5)
+    with pytest.raises(ValueError, match="on_drift"):
+        DivergenceGuard(on_drift="stop")
+    with pytest.raises(ValueError, match="drift_factor"):
+        DivergenceGuard(on_drift="double_backprop", drift_factor=None)
     with pytest.raises(ValueError, match="good_factor"):
         DivergenceGuard(factor=10.0, good_factor=20.0)

@@ -321,8 +321,8 @@ def _objective_problem(seed=6):
     return W, b, x, y, x_adv, offset
 
 
-def _library_objective(W, b, x, y, x_adv, offset, lam, **options):
-    model = _seat(W, b, lam=lam, **options)
+def _library_objective(W, b, x, y, x_adv, offset, lam, model=None, **options):
+    model = model or _seat(W, b, lam=lam, **options)
     variables = model.classifier.trainable_variables
     x_t, y_t = tf.constant(x, tf.float32), tf.constant(y, tf.int32)
     tape = tf.GradientTape()
@@ -360,6 +360,20 @@ def test_seat_objective_value_and_weight_gradient(case):
     if options and case != "flood_above_level":
         pW, _ = seat_objective_gradient(W, b, x, y, x_adv, lam, offset)
         assert np.abs(pW - eW).max() > 1e-3
+
+
+def test_use_double_backprop_switches_the_objective_to_the_double_backprop_gradient():
+    # What DivergenceGuard(on_drift="double_backprop") calls on a drifting SEAT run.
+    lam = 0.7
+    W, b, x, y, x_adv, offset = _objective_problem()
+    model = _seat(W, b, lam=lam)
+    assert model.use_double_backprop() and not model.use_double_backprop()  # False: already on
+    assert model.variant.double_backprop and model.get_config()["variant"]["double_backprop"]
+    _, dW, db, _ = _library_objective(W, b, x, y, x_adv, offset, lam, model=model)
+    eW, eb = seat_objective_gradient(W, b, x, y, x_adv, lam, offset, double_backprop=True)
+    np.testing.assert_allclose(dW, eW, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(db, eb, rtol=1e-4, atol=1e-5)
+    assert np.abs(seat_objective_gradient(W, b, x, y, x_adv, lam, offset)[0] - eW).max() > 1e-3
 
 
 def test_flooding_reverses_the_gradient_below_the_level_only():

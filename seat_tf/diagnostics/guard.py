@@ -39,11 +39,14 @@ class DivergenceGuard(keras.callbacks.Callback):
     climbing every epoch while PGD accuracy peaks and falls (issue 14: in 4 of 4 such runs it
     passed 3x its best, at epochs 4-6 of 10; one run passed it at epoch 7 with its PGD accuracy
     intact; no other run of the study went above 2.3x). The guard sees no robust accuracy, so
-    it cannot tell; the warning names what can.
+    it cannot tell; the warning names what can. `on_drift="double_backprop"` also acts, on a
+    model that has `use_double_backprop` (SEATModel): from the next epoch the objective's
+    gradient flows through grad_x l(x) (one more backward pass per step), the setting that
+    held the linearity term flat in every eps-0.3 run of issue 14; `switched_epoch` says when.
     """
 
     def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2,
-                 good_factor=2.0, drift_factor=3.0):
+                 good_factor=2.0, drift_factor=3.0, on_drift="warn"):
         super().__init__()
         if action not in ("stop", "restore"):
             raise ValueError(f"action must be 'stop' or 'restore', got {action!r}.")
@@ -53,11 +56,17 @@ class DivergenceGuard(keras.callbacks.Callback):
             raise ValueError(f"good_factor must lie in [1, factor], got {good_factor}.")
         if drift_factor is not None and drift_factor < good_factor:
             raise ValueError(f"drift_factor must be >= good_factor ({good_factor}) or None, got {drift_factor}.")
+        if on_drift not in ("warn", "double_backprop"):
+            raise ValueError(f"on_drift must be 'warn' or 'double_backprop', got {on_drift!r}.")
+        if on_drift != "warn" and drift_factor is None:
+            raise ValueError(f"on_drift={on_drift!r} needs a drift_factor (got None).")
         if not 0 < lr_factor <= 1:
             raise ValueError(f"lr_factor must lie in (0, 1], got {lr_factor}.")
         self.monitor, self.factor, self.action, self.good_factor = monitor, factor, action, good_factor
         self.lr_factor, self.max_restores, self.drift_factor = lr_factor, max_restores, drift_factor
+        self.on_drift = on_drift
         self.drift_epoch = None  # the first epoch above drift_factor x the best (warned once)
+        self.switched_epoch = None  # on_drift="double_backprop": the epoch after which it was switched on
         self.events, self.restores = [], 0
         self._good_weights, self._good_epoch, self._best = None, None, None
         self._reference = {}  # monitored key -> its value after the first batch of training
@@ -83,6 +92,9 @@ class DivergenceGuard(keras.callbacks.Callback):
         return self.factor * max(self._reference[key], self._floor())
 
     def on_train_begin(self, logs=None):
+        if self.on_drift == "double_backprop" and not hasattr(self.model, "use_double_backprop"):
+            raise ValueError(f"DivergenceGuard(on_drift='double_backprop') needs a model with use_double_backprop "
+                             f"(SEATModel); {type(self.model).__name__} has none: use on_drift='warn'.")
         if self._good_weights is None:
             self._good_weights = [np.copy(w) for w in self.model.get_weights()]
 
@@ -148,6 +160,13 @@ class DivergenceGuard(keras.callbacks.Callback):
         if (self.drift_factor is not None and self.drift_epoch is None and value is not None and self._best
                 and float(value) > self.drift_factor * self._best):
             self.drift_epoch = epoch + 1
+            if self.on_drift == "double_backprop" and self.model.use_double_backprop():
+                self.model.make_train_function(force=True)
+                self.switched_epoch = epoch + 1
+                logger.warning(f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x "
+                               f"its best {self._best:.4g}: training may be drifting into catastrophic "
+                               f"overfitting; switched SEAT to double backprop for the epochs that follow.")
+                return
             logger.warning(
                 f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x its best "
                 f"{self._best:.4g}: training may be drifting into catastrophic overfitting (robust accuracy "

@@ -196,6 +196,18 @@ class SEATModel(AdversarialModel):
         self.variant = dataclasses.replace(self.variant, **{field: value})
         return value
 
+    def use_double_backprop(self):
+        """Turns double backprop on from the next traced step (what `DivergenceGuard(
+        on_drift="double_backprop")` does when the linearity term drifts up); returns False if
+        it was on already. The objective's gradient then flows through grad_x l(x), the only
+        setting that held the linearity term flat in every eps-0.3 run (README, "SEAT on your
+        own classifier"). The caller retraces."""
+        if self.variant.double_backprop:
+            return False
+        self.variant = dataclasses.replace(self.variant, double_backprop=True)
+        self.clean_pass = "differentiable_gradient"
+        return True
+
     def _attack_score(self, y, logits):
         if self.variant.attack_loss == "ce":
             return losses.cross_entropy(y, logits)
