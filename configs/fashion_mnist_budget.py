@@ -22,6 +22,7 @@ machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet
     seat_paper   0.362                    13
     seat_fl      0.276                    18
     seat_steps3  0.477 (3 attack steps; step_cost_attack_steps.json)   10
+    seat_steps3u 0.477 (seat_steps3's 3 steps, of eps/2 from a uniform start)   10
     seat_steps4  0.56 (4 attack steps; step_cost_attack_steps_elle_quiet.json)   8
     elle, elle_a 0.44 (step_cost_attack_steps_elle_quiet.json)  11
     grad_align   0.594                    8
@@ -56,6 +57,12 @@ VARIANTS = {
     # this is the conservative figure; 1.41x SEAT's 0.276 would give 12 epochs). Measured again
     # on an idle machine it is 0.45 (11 epochs); 0.477 stays, so every recorded run has 10.
     "seat_steps3": (0.477, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=3)),
+    # The same 3 steps, of eps/2 from a uniform point of the ball (PGD's start and step) instead
+    # of eps from a random corner: the same passes, so the same cost and epochs. +2.6 / +2.8
+    # points PGD-50-10 over seat_steps3 at eps 0.2 (seeds 0 / 1; README, "Which method for my
+    # time budget?"). Its first runs ran as seat_steps3 with --options=init=uniform,rel_step_size=0.5.
+    "seat_steps3u": (0.477, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=3, init="uniform",
+                                 rel_step_size=0.5)),
     # One step more for eps 0.2, where 3 steps stay 4-7 points short of PGD-10-AT (idle-machine cost).
     "seat_steps4": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4)),
     # ELLE's cost was 0.54 on a busy machine (the 9-epoch elle_a record); 0.44 on an idle one.
