@@ -34,6 +34,7 @@ STUDY = (
     + [(m, "ncg_steps3", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg_steps3u", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [("plain", "ncg_switch", 0.3, 10, 1)]
+    + [(m, "ncg_steps3_switch", 0.3, 10, 1) for m in ("plain", "norm")]
 )
 
 
@@ -65,7 +66,7 @@ def identify(saved):
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam)
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
-    for variant in ("ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
+    for variant in ("ncg_steps3_switch", "ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
                     "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}

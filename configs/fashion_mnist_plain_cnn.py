@@ -10,7 +10,8 @@ The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's sett
 "paper", except the one option named): "defaults" (SEATModel's defaults), "paper",
 "ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "ncg_dbp" (both), "ncg_steps3" (ncg with a 3-step inner attack, the budget's
 `:seat_steps3`), "ncg_steps3u" (the same 3 steps of eps/2 from a uniform start), "ncg_switch" (ncg, switched
-to double backprop when the linearity term drifts past 3x its best), "probs" (margin on
+to double backprop when the linearity term drifts past 3x its best), "ncg_steps3_switch"
+(ncg_steps3, switched the same way), "probs" (margin on
 probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
@@ -34,11 +35,13 @@ VARIANTS = {
     "clip": dict(preset="paper", linearity_clip=1.0),
     "uniform": dict(preset="paper", init="uniform"),
     "ncg_switch": dict(preset="paper", clean_loss_gradient=False),
+    "ncg_steps3_switch": dict(preset="paper", clean_loss_gradient=False, attack_steps=3),
 }
 # Variants that change the training's guard, not SEAT: "ncg_switch" is ncg with the divergence
 # guard on and on_drift="double_backprop" (double backprop from the epoch the linearity term
-# passes 3x its best).
-DIAGNOSTICS = {"ncg_switch": dict(divergence_guard=True, on_drift="double_backprop")}
+# passes 3x its best); "ncg_steps3_switch" the same for ncg_steps3 (which drifted in 3 of 4 runs).
+DIAGNOSTICS = {name: dict(divergence_guard=True, on_drift="double_backprop")
+               for name in ("ncg_switch", "ncg_steps3_switch")}
 
 
 def get_config(arg="plain"):
