@@ -43,6 +43,8 @@ class DivergenceGuard(keras.callbacks.Callback):
     model that has `use_double_backprop` (SEATModel): from the next epoch the objective's
     gradient flows through grad_x l(x) (one more backward pass per step), the setting that
     held the linearity term flat in every eps-0.3 run of issue 14; `switched_epoch` says when.
+    An experiment, not a cure: on a run that had collapsed before its term climbed, the term
+    came back down while robust accuracy stayed near 0 (README, "SEAT on your own classifier").
     """
 
     def __init__(self, monitor=None, factor=10.0, action="restore", lr_factor=0.5, max_restores=2,
