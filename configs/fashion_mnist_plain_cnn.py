@@ -15,8 +15,8 @@ to double backprop when the linearity term drifts past 3x its best), "ncg_steps3
 probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
-the first 1000 test images at the end. The divergence guard is off (except in "ncg_switch"): the
-study measures what SEAT itself does.
+the first 1000 test images at the end. The divergence guard is off (except in the two "_switch"
+variants): the study measures what SEAT itself does.
 """
 
 import ml_collections

@@ -162,17 +162,15 @@ class DivergenceGuard(keras.callbacks.Callback):
         if (self.drift_factor is not None and self.drift_epoch is None and value is not None and self._best
                 and float(value) > self.drift_factor * self._best):
             self.drift_epoch = epoch + 1
+            drifting = (f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x its best "
+                        f"{self._best:.4g}: training may be drifting into catastrophic overfitting")
             if self.on_drift == "double_backprop" and self.model.use_double_backprop():
                 self.model.make_train_function(force=True)
                 self.switched_epoch = epoch + 1
-                logger.warning(f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x "
-                               f"its best {self._best:.4g}: training may be drifting into catastrophic "
-                               f"overfitting; switched SEAT to double backprop for the epochs that follow.")
+                logger.warning(f"{drifting}; switched SEAT to double backprop for the epochs that follow.")
                 return
             logger.warning(
-                f"{key} {float(value):.4g} at epoch {epoch + 1} is {float(value) / self._best:.1f}x its best "
-                f"{self._best:.4g}: training may be drifting into catastrophic overfitting (robust accuracy "
-                f"falling while training accuracy rises). Check robust accuracy per epoch "
+                f"{drifting} (robust accuracy falling while training accuracy rises). Check robust accuracy per epoch "
                 f"(seat_tf.diagnostics.CatastrophicOverfittingMonitor); for SEAT at large eps, "
                 f"double_backprop=True holds the linearity term flat.")
         elif value is not None and math.isfinite(float(value)) and (

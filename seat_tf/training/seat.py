@@ -161,7 +161,12 @@ class SEATModel(AdversarialModel):
         self.lam = float(lam)
         self.flood_level = None if flood_level is None else float(flood_level)
         self.variant = SEATVariant.named(variant)
-        self.clean_pass = "differentiable_gradient" if self.variant.double_backprop else "gradient"
+
+    @property
+    def clean_pass(self):
+        """Derived from the variant, so switching double backprop on (`use_double_backprop`)
+        cannot leave it stale."""
+        return "differentiable_gradient" if self.variant.double_backprop else "gradient"
 
     @classmethod
     def from_preset(cls, preset, classifier, **overrides):
@@ -205,7 +210,6 @@ class SEATModel(AdversarialModel):
         if self.variant.double_backprop:
             return False
         self.variant = dataclasses.replace(self.variant, double_backprop=True)
-        self.clean_pass = "differentiable_gradient"
         return True
 
     def _attack_score(self, y, logits):
