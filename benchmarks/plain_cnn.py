@@ -35,6 +35,9 @@ STUDY = (
     + [(m, "ncg_steps3u", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [("plain", "ncg_switch", 0.3, 10, 1)]
     + [(m, "ncg_steps3_switch", 0.3, 10, 1) for m in ("plain", "norm")]
+    # Controls (is the plain/normalized gap SEAT's?): PGD-10-AT, then steps3u without lam.
+    + [(m, "pgd_at", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    + [(m, "ncg_steps3u_lam0", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
 )
 
 
@@ -66,7 +69,7 @@ def identify(saved):
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam)
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
-    for variant in ("ncg_steps3_switch", "ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
+    for variant in ("pgd_at", "ncg_steps3u_lam0", "ncg_steps3_switch", "ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
                     "paper"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
@@ -95,7 +98,7 @@ def import_run(workdir, out):
 
 
 def markdown(records):
-    lines = ["| model | SEAT variant | eps | epochs | seed | clean | PGD-20 (1000) | linearity term, last epochs | diverged |",
+    lines = ["| model | variant | eps | epochs | seed | clean | PGD-20 (1000) | linearity term, last epochs | diverged |",
              "|---|---|---|---|---|---|---|---|---|"]
     order = {k: i for i, k in enumerate(key(*entry) for entry in STUDY)}
     for r in sorted(records, key=lambda r: order.get(key(r["model"], r["variant"], r["eps"], r["epochs"], r["seed"]), 99)):

@@ -12,7 +12,9 @@ The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's sett
 `:seat_steps3`), "ncg_steps3u" (the same 3 steps of eps/2 from a uniform start), "ncg_switch" (ncg, switched
 to double backprop when the linearity term drifts past 3x its best), "ncg_steps3_switch"
 (ncg_steps3, switched the same way), "probs" (margin on
-probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Recipe of issue 14's
+probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Two controls that ask
+whether the plain/normalized gap is SEAT's or the classifier's: "ncg_steps3u_lam0" (ncg_steps3u
+without the linearity term) and "pgd_at" (not SEAT: PGD-10-AT, the budget's `:pgd_at`). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
 the first 1000 test images at the end. The divergence guard is off (except in the two "_switch"
@@ -36,6 +38,10 @@ VARIANTS = {
     "uniform": dict(preset="paper", init="uniform"),
     "ncg_switch": dict(preset="paper", clean_loss_gradient=False),
     "ncg_steps3_switch": dict(preset="paper", clean_loss_gradient=False, attack_steps=3),
+    # Controls for the plain/normalized gap: is it SEAT's or the classifier's?
+    "ncg_steps3u_lam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
+                             rel_step_size=0.5, lam=0.0),
+    "pgd_at": dict(name="pgd_at", steps=10, rel_step_size=0.25),
 }
 # Variants that change the training's guard, not SEAT: "ncg_switch" is ncg with the divergence
 # guard on and on_drift="double_backprop" (double backprop from the epoch the linearity term
@@ -59,7 +65,7 @@ def get_config(arg="plain"):
     config.dataset.val_limit = 500
     if model == "plain":
         config.model.mean, config.model.std = (0.0,), (1.0,)
-    config.method = ml_collections.ConfigDict(dict(name="seat", epsilon=0.2, **VARIANTS[variant]))
+    config.method = ml_collections.ConfigDict({"name": "seat", "epsilon": 0.2, **VARIANTS[variant]})
     config.val_attack = "pgd10"
     config.eval_attacks = ("pgd20",)
     config.diagnostics.divergence_guard = False
