@@ -8,7 +8,8 @@ or "MISSED" (they pass: a hole in the tests). The checkout itself is never modif
 The mutants cover the training maths (losses, SEAT, the baselines, ELLE, the L-inf engine)
 and the robustness evaluation: APGD's schedule and APGD-T's targets (apgd_), Square, MI-FGSM
 and composites (suite_), FAB-T (fab_), the protocol's per-example worst case, sweeps and
-report (eval_) and the diagnostics (diag_).
+report (eval_) and the diagnostics (diag_); the classifiers (models_), the data pipeline and
+input checks (data_) and the replica-independent random draws (random_).
 
     python scripts/mutation_check.py                      # every mutant, JSON lines to stdout
     python scripts/mutation_check.py --only=seat_,elle_ --out=mutants.jsonl
@@ -42,6 +43,9 @@ PROTOCOL, RUNNER = "seat_tf/evaluation/protocol.py", "seat_tf/evaluation/runner.
 SANITY, REPORT = "seat_tf/evaluation/sanity.py", "seat_tf/evaluation/report.py"
 MEASURE, MONITORS = "seat_tf/diagnostics/measure.py", "seat_tf/diagnostics/monitors.py"
 SCHEDULES, GUARD = "seat_tf/schedules.py", "seat_tf/diagnostics/guard.py"
+NORM, SMALL_CNN = "seat_tf/models/normalization.py", "seat_tf/models/small_cnn.py"
+PREACT, DATA = "seat_tf/models/preact_resnet.py", "seat_tf/data.py"
+VALIDATION, RANDOMNESS = "seat_tf/validation.py", "seat_tf/attacks/randomness.py"
 
 # The evaluation side: each group runs in well under a minute.
 SUITE_TESTS = ("tests/test_attack_suite.py",)
@@ -55,6 +59,11 @@ EVAL_TESTS = ("tests/test_evaluation.py::test_robust_accuracy_is_the_per_example
               "tests/test_evaluation.py::test_report_files_with_eps_sweep", "tests/test_sanity_checks.py")
 DIAG_TESTS = ("tests/test_diagnostics.py",)
 SCHEDULE_TESTS = ("tests/test_schedules.py",)
+MODEL_TESTS = ("tests/test_models.py",)
+DATA_TESTS = ("tests/test_data.py",
+              "tests/test_fail_loudly.py::test_fit_evaluate_and_seat_tf_evaluate_refuse_labels_outside_the_models_classes",
+              "tests/test_fail_loudly.py::test_loaders_check_labels_and_images_whole",
+              "tests/test_layout.py::test_one_eps_rule_everywhere")
 
 # (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
 MUTANTS = [
@@ -238,6 +247,32 @@ MUTANTS = [
     ("diag_co_gap_direction", MONITORS, "fgsm - pgd > max_gap", "pgd - fgsm > max_gap", DIAG_TESTS),
     ("diag_boundary_counts_wrong_at_eps", MEASURE, "float(np.mean(at_eps & wrong_inside))",
      "float(np.mean(wrong_inside))", DIAG_TESTS),
+    # The classifiers: in-model standardization and PreActResNet18's wiring.
+    ("models_std_as_variance", NORM, "variance=[s * s for s in std]", "variance=list(std)", MODEL_TESTS),
+    ("models_small_cnn_ignores_mean", SMALL_CNN, "h = standardize(mean, std)(inputs)",
+     "h = standardize([0.0] * len(mean), std)(inputs)", MODEL_TESTS),
+    ("models_preact_shortcut_from_raw_input", PREACT, 'use_bias=False, name=f"{name}_shortcut")(out)',
+     'use_bias=False, name=f"{name}_shortcut")(x)', MODEL_TESTS),
+    ("models_preact_no_final_bn", PREACT, 'x = keras.layers.ReLU(name="final_relu")(_bn("final_bn")(x))',
+     'x = keras.layers.ReLU(name="final_relu")(x)', MODEL_TESTS),
+    ("models_preact_stage2_not_strided", PREACT, "stride = 2 if (stage > 0 and block == 0) else 1",
+     "stride = 2 if (stage > 1 and block == 0) else 1", MODEL_TESTS),
+    # Data: pixel scale, layouts, shuffling, and the input checks' bounds.
+    ("data_tf_pixels_unscaled", DATA, "return tf.cast(image, tf.float32) / 255.0", "return tf.cast(image, tf.float32)",
+     DATA_TESTS),
+    ("data_numpy_pixels_unscaled", DATA, "images.astype(np.float32) / 255.0 if", "images.astype(np.float32) if",
+     DATA_TESTS),
+    ("data_cifar_rows_read_as_hwc", DATA, "data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)",
+     "data.reshape(-1, 32, 32, 3)", DATA_TESTS),
+    ("data_cifar_height_width_swapped", DATA, ".transpose(0, 2, 3, 1)", ".transpose(0, 3, 2, 1)", DATA_TESTS),
+    ("data_shuffle_ignores_epoch", DATA, "tf.cast(epoch.read_value(), tf.int64)", "tf.constant(0, tf.int64)",
+     DATA_TESTS),
+    ("data_labels_equal_to_num_classes_pass", VALIDATION, "high >= num_classes", "high > num_classes", DATA_TESTS),
+    ("data_eps_in_255_scale_passes", VALIDATION, "if eps > 1:", "if eps > 255:", DATA_TESTS),
+    ("random_rows_offset_counts_own_rows", RANDOMNESS, "tf.reduce_sum(sizes[:replica])",
+     "tf.reduce_sum(sizes[: replica + 1])", TWO_REPLICAS),
+    ("random_rows_all_replicas_take_the_first", RANDOMNESS, "noise[start : start + shape[0]]", "noise[: shape[0]]",
+     TWO_REPLICAS),
 ]
 
 

@@ -38,6 +38,16 @@ def test_idx_files_load_into_unit_range_batches(idx_folder):
     assert sum(int(b[1].shape[0]) for b in ds) == 30
 
 
+def test_numpy_images_go_to_unit_range_like_the_pipeline():
+    """The benchmarks' NumPy path scales uint8 by 1/255 and leaves floats as they are."""
+    pixels = np.array([[0, 51, 255]], np.uint8)
+    np.testing.assert_allclose(data.to_unit_range(pixels), [[0.0, 0.2, 1.0]], atol=1e-7)
+    floats = np.array([0.25, 1.0], np.float64)
+    out = data.to_unit_range(floats)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, [0.25, 1.0])
+
+
 def test_truncated_idx_file_is_rejected(idx_folder):
     path = str(idx_folder / "t10k-images-idx3-ubyte.gz")
     with gzip.open(path, "rb") as f:
@@ -246,3 +256,29 @@ def test_repeat_makes_an_endless_reshuffled_stream_of_whole_epochs(idx_folder):
         assert sorted(order) == list(range(30))
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
     assert sum(1 for _ in data.load_dataset("fashion_mnist", "train", batch_size=10, data_dir=str(idx_folder))) == 3
+
+
+def test_epoch_variable_fixes_each_epochs_order(idx_folder):
+    """With an epoch variable (resumable runs), epoch e's order is a permutation that depends on
+    (seed, e) only: a new epoch reshuffles, going back to an epoch gives its order again."""
+    import tensorflow as tf
+
+    epoch = tf.Variable(0, dtype=tf.int64)
+    ds = data.load_dataset("fashion_mnist", "train", batch_size=30, data_dir=str(idx_folder), seed=3, epoch=epoch)
+    _, labels = data.load_idx("fashion_mnist", "train", str(idx_folder))
+    images, _ = data.load_idx("fashion_mnist", "train", str(idx_folder))
+    flat = images.reshape(30, -1) / 255.0
+
+    def order():
+        x, y = next(iter(ds))
+        found = [int(np.argmin(np.abs(flat - image.reshape(-1)).sum(1))) for image in x.numpy()]
+        np.testing.assert_array_equal(y.numpy(), labels[found])  # labels travel with their images
+        return found
+
+    first = order()
+    assert sorted(first) == list(range(30)) and first != list(range(30))
+    epoch.assign(1)
+    second = order()
+    assert sorted(second) == list(range(30)) and second != first
+    epoch.assign(0)
+    assert order() == first

@@ -47,6 +47,10 @@ def test_fit_evaluate_and_seat_tf_evaluate_refuse_labels_outside_the_models_clas
         seat_tf.evaluate(model, late, attacks=["fgsm"], eps=0.1, verbose=0, sanity=False)
     with pytest.raises(data.DataError, match="expects images of shape"):
         model.fit(np.zeros((8, 6, 6, 1), np.float32), y[:8], epochs=1, verbose=0)
+    # The boundary: label 3 is one past a 3-class model's last class; 0-2 pass.
+    with pytest.raises(data.DataError, match=r"got values in \[0, 3\]"):
+        data.check_labels(np.array([0, 1, 3]), 3)
+    data.check_labels(np.array([0, 1, 2]), 3)
 
 
 def test_loaders_check_labels_and_images_whole(tmp_path):
