@@ -96,3 +96,25 @@ def test_eval_speed_benchmark_counts_one_trace_per_attack_and_runs_without_art(r
     assert 1 <= square["queries_spent"] <= 16 * 20  # 1 to 20 forward passes per attacked example
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "| pgd3 |" in text and "old" not in text
+
+
+def test_residual_sign_analysis_on_a_linear_model(make_linear):
+    """A linear model's cross-entropy is convex in x, so SEAT's residual is never negative
+    (first-order condition of convexity): the analysis must count no negative residual,
+    with or without the term in the attack, and leave the model's variant as it was."""
+    import seat_tf
+    from benchmarks import residual_sign
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(64, 4, 4, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 64).astype(np.int32)
+    model = seat_tf.SEATModel(make_linear(rng.normal(size=(16, 3)), np.zeros(3), (4, 4, 1)), epsilon=0.2,
+                              variant=dict(attack_steps=3, init="uniform", rel_step_size=0.5))
+    model.compile(optimizer="sgd")
+    variant = model.variant
+    for attack_lam in (None, 0.0):
+        stats = residual_sign.residual_stats(model, x, y, 0.2, attack_lam=attack_lam)
+        assert stats["negative_fraction"] == 0.0
+        assert stats["mean_residual"] == pytest.approx(stats["mean_abs_residual"]) and stats["mean_residual"] > 0.01
+        assert 0.0 <= stats["accuracy"] <= 1.0
+    assert model.variant == variant
