@@ -94,8 +94,7 @@ def run(model_path, eps, limit, dataset, out, adversaries=None):
     validation.check_eps(eps, positive=True)
     model = keras.models.load_model(model_path)
     classifier = getattr(model, "classifier", model)
-    x, y = data.load_arrays(dataset, "test")
-    x, y = data.to_unit_range(x[:limit]), y[:limit].astype(np.int32)
+    x, y = data.first_examples(dataset, "test", limit)
     clean = float((np.argmax(classifier.predict(x, verbose=0), -1) == y).mean())
     result = dict(model=model_path, eps=eps, examples=len(x), clean_accuracy=clean, adversaries={})
     for name, method in (adversaries or ADVERSARIES).items():

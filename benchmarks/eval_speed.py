@@ -92,15 +92,6 @@ def build_classifier(model_path, train_steps, dataset, seed, save_to=None):
     return model.classifier
 
 
-def test_arrays(dataset, limit):
-    """The first `limit` test images (float32 in [0, 1]) and labels (int32)."""
-    from seat_tf import data
-
-    x, y = data.load_arrays(dataset, "test")
-    x = data.to_unit_range(x[:limit])
-    return (x[..., None] if x.ndim == 3 else x), y[:limit].astype("int32")
-
-
 def batches(x, y, batch_size):
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
 
@@ -424,7 +415,7 @@ def run_benchmark():
     import keras
     import tensorflow as tf
 
-    from seat_tf import fileio
+    from seat_tf import data, fileio
 
     out_dir = os.path.dirname(os.path.abspath(FLAGS.out))
     os.makedirs(out_dir, exist_ok=True)
@@ -434,7 +425,7 @@ def run_benchmark():
     classifier = build_classifier(FLAGS.model, FLAGS.train_steps, FLAGS.dataset, FLAGS.seed,
                                   save_to=None if FLAGS.model else os.path.join(out_dir, "model.keras"))
     train_seconds = time.perf_counter() - train_start
-    x, y = test_arrays(FLAGS.dataset, max(FLAGS.limit, FLAGS.square_limit))
+    x, y = data.first_examples(FLAGS.dataset, "test", max(FLAGS.limit, FLAGS.square_limit))
     floor = Floor(classifier, x[: FLAGS.limit], y[: FLAGS.limit], FLAGS.batch_size)
     art_rounds = (FLAGS.repeats + 1 if FLAGS.art_rounds is None else FLAGS.art_rounds) if FLAGS.art else 0
     if art_rounds and not art_available():

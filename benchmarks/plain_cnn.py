@@ -69,8 +69,10 @@ def identify(saved):
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam)
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
-    for variant in ("pgd_at", "ncg_steps3u_lam0", "ncg_steps3_switch", "ncg_switch", "ncg_steps3u", "ncg_steps3", "ncg_dbp", "ncg", "dbp", "probs", "clip", "uniform",
-                    "paper"):
+    # Each variant's wanted options are complete (every field, unnamed ones at the paper's
+    # values), so at most one variant matches and the order does not matter. "defaults" names no
+    # option, so this reading makes it "paper": it is not identified (the study does not run it).
+    for variant in (v for v in runner.load_config_module(CONFIG).VARIANTS if v != "defaults"):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
         if config.diagnostics.get("on_drift", "warn") != on_drift:

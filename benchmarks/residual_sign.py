@@ -57,17 +57,14 @@ def residual_stats(model, x, y, epsilon, attack_lam=None):
 
 def analyse(workdir, examples, data_dir=None):
     import keras
-    import numpy as np
 
     from seat_tf import data
 
     config = json.load(open(os.path.join(workdir, "config.json")))
     model = keras.models.load_model(os.path.join(workdir, "model.keras"))
     dataset = config["dataset"]
-    x, y = data.load_arrays(dataset["name"], "test", data_dir or dataset.get("data_dir"), dataset.get("source", "auto"))
-    x = data.to_unit_range(x[:examples])
-    x = x[..., None] if x.ndim == 3 else x
-    y = np.asarray(y[:examples], np.int32)
+    x, y = data.first_examples(dataset["name"], "test", examples, data_dir or dataset.get("data_dir"),
+                               dataset.get("source", "auto"))
     eps = config["method"]["epsilon"]
     return dict(workdir=os.path.basename(workdir.rstrip("/")), eps=eps, lam=model.lam, examples=len(y),
                 as_trained=residual_stats(model, x, y, eps), attack_lam_0=residual_stats(model, x, y, eps, attack_lam=0.0))

@@ -38,13 +38,18 @@ def timing_config(model="small_cnn", method="seat", epsilon=8 / 255, jit=False, 
     return config
 
 
-def load_config(path, arg=None):
-    """`get_config(arg)` of a config file (relative paths are taken from the repository root)."""
+def load_config_module(path):
+    """A config file as a module (relative paths are taken from the repository root)."""
     path = path if os.path.isabs(path) else os.path.join(ROOT, path)
     spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module
+
+
+def load_config(path, arg=None):
+    """`get_config(arg)` of a config file (relative paths are taken from the repository root)."""
+    return load_config_module(path).get_config(arg)
 
 
 class TrainClock(keras.callbacks.Callback):

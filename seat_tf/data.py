@@ -290,6 +290,13 @@ def to_unit_range(images):
     return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
 
 
+def first_examples(name, split, limit, data_dir=None, source="auto"):
+    """The first `limit` examples of a local split as NumPy arrays: images float32 in [0, 1]
+    [N, H, W, C], labels int32 (for benchmarks and analyses that attack a fixed subset)."""
+    images, labels = load_arrays(name, split, data_dir, source)
+    return to_unit_range(images[:limit]), np.asarray(labels[:limit], np.int32)
+
+
 def _epoch_shuffled(images, labels, seed, epoch):
     """(image, label) in a permutation that is a function of (seed, epoch.value())."""
     images, labels = tf.constant(images), tf.constant(labels)

@@ -48,6 +48,14 @@ def test_numpy_images_go_to_unit_range_like_the_pipeline():
     np.testing.assert_array_equal(out, [0.25, 1.0])
 
 
+def test_first_examples_are_the_splits_head_in_unit_range(idx_folder):
+    images, labels = data.load_idx("fashion_mnist", "test", str(idx_folder))
+    x, y = data.first_examples("fashion_mnist", "test", 7, data_dir=str(idx_folder))
+    assert x.shape == (7, 28, 28, 1) and x.dtype == np.float32 and y.dtype == np.int32
+    np.testing.assert_allclose(x, images[:7] / 255.0, atol=1e-7)
+    np.testing.assert_array_equal(y, labels[:7])
+
+
 def test_truncated_idx_file_is_rejected(idx_folder):
     path = str(idx_folder / "t10k-images-idx3-ubyte.gz")
     with gzip.open(path, "rb") as f:
@@ -265,8 +273,7 @@ def test_epoch_variable_fixes_each_epochs_order(idx_folder):
 
     epoch = tf.Variable(0, dtype=tf.int64)
     ds = data.load_dataset("fashion_mnist", "train", batch_size=30, data_dir=str(idx_folder), seed=3, epoch=epoch)
-    _, labels = data.load_idx("fashion_mnist", "train", str(idx_folder))
-    images, _ = data.load_idx("fashion_mnist", "train", str(idx_folder))
+    images, labels = data.load_idx("fashion_mnist", "train", str(idx_folder))
     flat = images.reshape(30, -1) / 255.0
 
     def order():
