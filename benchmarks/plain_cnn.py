@@ -38,6 +38,10 @@ STUDY = (
     # Controls (is the plain/normalized gap SEAT's?): PGD-10-AT, then steps3u without lam.
     + [(m, "pgd_at", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
     + [(m, "ncg_steps3u_lam0", 0.3, 10, s) for s in (0, 1) for m in ("plain", "norm")]
+    # PGD-10-AT's gap at eps 0.2, the radius of the 3-point criterion.
+    + [(m, "pgd_at", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
+    # The linearity term's two roles apart: in the attack only, in the objective only.
+    + [(m, v, 0.3, 10, s) for s in (0, 1) for v in ("ncg_steps3u_alam0", "ncg_steps3u_olam0") for m in ("plain", "norm")]
 )
 
 

@@ -14,7 +14,9 @@ to double backprop when the linearity term drifts past 3x its best), "ncg_steps3
 (ncg_steps3, switched the same way), "probs" (margin on
 probabilities), "clip" (linearity_clip=1.0), "uniform" (uniform start). Two controls that ask
 whether the plain/normalized gap is SEAT's or the classifier's: "ncg_steps3u_lam0" (ncg_steps3u
-without the linearity term) and "pgd_at" (not SEAT: PGD-10-AT, the budget's `:pgd_at`). Recipe of issue 14's
+without the linearity term) and "pgd_at" (not SEAT: PGD-10-AT, the budget's `:pgd_at`). The term's
+two roles apart: "ncg_steps3u_olam0" keeps it in the attack only (lam 0, attack_lam 0.5),
+"ncg_steps3u_alam0" in the objective only (attack_lam 0). Recipe of issue 14's
 measurements: first 30k training images, Adam one-cycle peaking at 2e-3, batch 128, eps 0.2
 and 5 epochs by default (eps 0.3: 10 epochs), PGD-10 on 500 test images per epoch, PGD-20 on
 the first 1000 test images at the end. The divergence guard is off (except in the two "_switch"
@@ -42,6 +44,12 @@ VARIANTS = {
     "ncg_steps3u_lam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
                              rel_step_size=0.5, lam=0.0),
     "pgd_at": dict(name="pgd_at", steps=10, rel_step_size=0.25),
+    # The term's two effects apart (ncg_steps3u with lam 0 in one place only): in the attack
+    # only (the objective without the term) and in the objective only (the attack without it).
+    "ncg_steps3u_olam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
+                              rel_step_size=0.5, lam=0.0, attack_lam=0.5),
+    "ncg_steps3u_alam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
+                              rel_step_size=0.5, attack_lam=0.0),
 }
 # Variants that change the training's guard, not SEAT: "ncg_switch" is ncg with the divergence
 # guard on and on_drift="double_backprop" (double backprop from the epoch the linearity term
