@@ -42,6 +42,8 @@ STUDY = (
     + [(m, "pgd_at", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
     # The linearity term's two roles apart: in the attack only, in the objective only.
     + [(m, v, 0.3, 10, s) for s in (0, 1) for v in ("ncg_steps3u_alam0", "ncg_steps3u_olam0") for m in ("plain", "norm")]
+    # Double backprop made SEAT indifferent to the classifier's normalization at eps 0.3: at 0.2?
+    + [(m, "ncg_dbp", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
 )
 
 
