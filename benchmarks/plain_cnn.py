@@ -44,6 +44,9 @@ STUDY = (
     + [(m, v, 0.3, 10, s) for s in (0, 1) for v in ("ncg_steps3u_alam0", "ncg_steps3u_olam0") for m in ("plain", "norm")]
     # Double backprop made SEAT indifferent to the classifier's normalization at eps 0.3: at 0.2?
     + [(m, "ncg_dbp", 0.2, 5, s) for s in (0, 1) for m in ("plain", "norm")]
+    # An eps warm-up over the first epoch, against the plain CNN's early climb of the term.
+    + [(m, "ncg_warmup", eps, epochs, s) for eps, epochs in ((0.2, 5), (0.3, 10)) for s in (0, 1)
+       for m in ("plain", "norm")]
 )
 
 
