@@ -76,7 +76,7 @@ def identify(saved):
     method = saved["method"]
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]
-    defaults = dict(paper.to_dict(), lam=lam)
+    defaults = dict(paper.to_dict(), lam=lam, epsilon_warmup_steps=0)
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
     # Each variant's wanted options are complete (every field, unnamed ones at the paper's
     # values), so at most one variant matches and the order does not matter. "defaults" names no
@@ -86,7 +86,9 @@ def identify(saved):
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
         if config.diagnostics.get("on_drift", "warn") != on_drift:
             continue
-        if all(method.get(k, defaults.get(k)) == v for k, v in wanted.items()):
+        # Both ways: an option the saved config names (an eps warm-up) must be wanted too.
+        if all(method.get(k, defaults.get(k)) == wanted.get(k, defaults.get(k))
+               for k in (set(wanted) | set(method)) - {"preset"}):
             return model, variant, method["epsilon"], saved["epochs"], saved["seed"]
     raise ValueError(f"No study variant matches {method}.")
 
