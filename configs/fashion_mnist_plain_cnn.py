@@ -28,32 +28,33 @@ import ml_collections
 
 from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
+TRAIN_LIMIT, BATCH_SIZE = 30_000, 128  # the study's training images and batch (fashion_mnist_adam_config's)
+NCG = dict(preset="paper", clean_loss_gradient=False)
+STEPS3U = dict(NCG, attack_steps=3, init="uniform", rel_step_size=0.5)
+
 VARIANTS = {
     "defaults": {},
     "paper": dict(preset="paper"),
-    "ncg": dict(preset="paper", clean_loss_gradient=False),
+    "ncg": NCG,
     "dbp": dict(preset="paper", double_backprop=True),
-    "ncg_dbp": dict(preset="paper", clean_loss_gradient=False, double_backprop=True),
-    "ncg_steps3": dict(preset="paper", clean_loss_gradient=False, attack_steps=3),
-    "ncg_steps3u": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform", rel_step_size=0.5),
+    "ncg_dbp": dict(NCG, double_backprop=True),
+    "ncg_steps3": dict(NCG, attack_steps=3),
+    "ncg_steps3u": STEPS3U,
     "probs": dict(preset="paper", margin_on="probs"),
     "clip": dict(preset="paper", linearity_clip=1.0),
     "uniform": dict(preset="paper", init="uniform"),
-    "ncg_switch": dict(preset="paper", clean_loss_gradient=False),
-    "ncg_steps3_switch": dict(preset="paper", clean_loss_gradient=False, attack_steps=3),
+    "ncg_switch": NCG,
+    "ncg_steps3_switch": dict(NCG, attack_steps=3),
     # Controls for the plain/normalized gap: is it SEAT's or the classifier's?
-    "ncg_steps3u_lam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
-                             rel_step_size=0.5, lam=0.0),
+    "ncg_steps3u_lam0": dict(STEPS3U, lam=0.0),
     "pgd_at": dict(name="pgd_at", steps=10, rel_step_size=0.25),
     # The term's two effects apart (ncg_steps3u with lam 0 in one place only): in the attack
     # only (the objective without the term) and in the objective only (the attack without it).
-    "ncg_steps3u_olam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
-                              rel_step_size=0.5, lam=0.0, attack_lam=0.5),
-    "ncg_steps3u_alam0": dict(preset="paper", clean_loss_gradient=False, attack_steps=3, init="uniform",
-                              rel_step_size=0.5, attack_lam=0.0),
-    # eps ramped up from 0 over the first epoch (235 steps of 128 from 30k images): the plain
-    # CNN's linearity term peaks in epochs 2-3 at eps 0.2, the normalized one's does not.
-    "ncg_warmup": dict(preset="paper", clean_loss_gradient=False, epsilon_warmup_steps=235),
+    "ncg_steps3u_olam0": dict(STEPS3U, lam=0.0, attack_lam=0.5),
+    "ncg_steps3u_alam0": dict(STEPS3U, attack_lam=0.0),
+    # eps ramped up from 0 over the first epoch (235 steps): the plain CNN's linearity term
+    # peaks in epochs 2-3 at eps 0.2, the normalized one's does not.
+    "ncg_warmup": dict(NCG, epsilon_warmup_steps=-(-TRAIN_LIMIT // BATCH_SIZE)),
 }
 # Variants that change the training's guard, not SEAT: "ncg_switch" is ncg with the divergence
 # guard on and on_drift="double_backprop" (double backprop from the epoch the linearity term
@@ -72,7 +73,7 @@ def get_config(arg="plain"):
         raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)}.")
     config = fashion_mnist_adam_config()
     config.epochs = 5
-    config.dataset.train_limit = 30_000
+    config.dataset.train_limit = TRAIN_LIMIT
     config.dataset.test_limit = 1000
     config.dataset.val_limit = 500
     if model == "plain":
