@@ -3,6 +3,7 @@ smoke run goes through the experiment doorway and rebuilds its report from JSON.
 
 import importlib.util
 import json
+import math
 import os
 
 import numpy as np
@@ -119,6 +120,14 @@ def test_plain_cnn_study_configs_and_their_identification():
     assert "mean" not in plain_cnn.config_for("norm", "paper", 0.2, 5, 0).model
     for entry in plain_cnn.STUDY:
         assert plain_cnn.identify(experiment.to_dict(plain_cnn.config_for(*entry))) == entry
+    # An option the saved config names and no variant wants (a flood level) matches none.
+    flooded = experiment.to_dict(plain_cnn.config_for("plain", "ncg", 0.2, 5, 0))
+    flooded["method"]["flood_level"] = 0.1
+    with pytest.raises(ValueError, match="No study variant matches"):
+        plain_cnn.identify(flooded)
+    # ncg_warmup ramps eps over exactly the first epoch of the study's data and batch.
+    warmup = plain_cnn.config_for("plain", "ncg_warmup", 0.2, 5, 0)
+    assert warmup.method.epsilon_warmup_steps == math.ceil(warmup.dataset.train_limit / warmup.dataset.batch_size)
     with pytest.raises(ValueError, match="Unknown variant"):
         plain_cnn.config_for("plain", "nope", 0.2, 5, 0)
     # ncg_switch differs from ncg only in its guard, which the experiment builds from the config.
