@@ -37,7 +37,7 @@ CONFIG = "configs/fashion_mnist_budget.py"
 def define_flags():
     """Flags, defined only when run as a script (importing the module for tests adds none)."""
     flags.DEFINE_string("out", "runs/budget", "Output folder.")
-    flags.DEFINE_list("variants", ["seat", "pgd_at", "seat_steps3", "seat_steps3u", "seat_steps4", "seat_paper", "elle", "fgsm_at", "rs_fgsm", "n_fgsm",
+    flags.DEFINE_list("variants", ["seat", "pgd_at", "seat_steps3", "seat_steps3u", "seat_steps3u_lam0", "seat_steps4", "seat_paper", "elle", "fgsm_at", "rs_fgsm", "n_fgsm",
                                    "grad_align", "trades", "elle_a", "seat_fl"],
                       "Variants of configs/fashion_mnist_budget.py, run in this order.")
     flags.DEFINE_list("eps", ["0.2", "0.1"], "Radii (outer loop).")
