@@ -1,6 +1,7 @@
 """The equal-time-budget config and benchmark: epochs follow the measured step costs, a
 smoke run goes through the experiment doorway and rebuilds its report from JSON."""
 
+import glob
 import importlib.util
 import json
 import math
@@ -177,3 +178,27 @@ def test_adversary_strength_matches_closed_forms_on_a_binary_linear_model(make_l
     assert seat["mean_abs_delta_over_eps"] == pytest.approx(seat["full_radius_share"], abs=1e-4)  # every pixel: 0 or eps
     assert seat["accuracy"] > worst_corner_accuracy
     assert all(np.array_equal(w, v) for w, v in zip(before, classifier.get_weights()))
+
+
+def test_every_committed_record_is_its_variant_s_config():
+    """The README's budget tables quote docs/results/budget/runs as rows of the config's
+    variants: a variant edited after its runs (or a record landed under the wrong name, as
+    :seat_steps3u_lam0's first runs were run under seat_steps3u + lam=0.0) breaks that claim."""
+    module = _config_module()
+    paths = sorted(glob.glob(os.path.join(ROOT, "docs", "results", "budget", "runs", "*.json")))
+    assert len(paths) >= 30
+    for path in paths:
+        record = json.load(open(path))
+        variant = record["variant"].split("+")[0]
+        config = module.get_config(variant)
+        expected = dict(config.method.to_dict(), epsilon=record["eps"], **(record.get("options") or {}))
+        assert record["config"]["method"] == expected, path
+        assert record["config"]["dataset"] == json.loads(json.dumps(config.dataset.to_dict())), path
+        if not record.get("equal_epochs"):
+            # elle_a ran 9 epochs by the busy-machine cost 0.54; the config now holds the idle
+            # one (0.44, 11 epochs), as the README says beside its row.
+            assert record["epochs"] == {"elle_a": 9}.get(record["variant"], config.epochs), path
+        assert record["config"]["seed"] == record["seed"], path
+        name = os.path.basename(path)[: -len(".json")]
+        assert name == budget.run_key(record["variant"], record["eps"], record["seed"],
+                                      record["epochs"] if record.get("equal_epochs") else None), path
