@@ -46,6 +46,9 @@ from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
 PGD10_BUDGET_EPOCHS = 5
 
+# SEAT's 3-step recipe: 3 margin-attack steps of eps/2 from a uniform point of the ball.
+STEPS3U = dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=3, init="uniform", rel_step_size=0.5)
+
 # Step cost relative to PGD-10-AT (see the docstring) and the method's settings.
 VARIANTS = {
     "fgsm_at": (0.191, dict(name="fgsm_at", rel_step_size=1.0)),
@@ -63,20 +66,17 @@ VARIANTS = {
     # of eps from a random corner: the same passes, so the same cost and epochs. +2.6 / +2.8
     # points PGD-50-10 over seat_steps3 at eps 0.2 (seeds 0 / 1; README, "Which method for my
     # time budget?"). Its first runs ran as seat_steps3 with --options=init=uniform,rel_step_size=0.5.
-    "seat_steps3u": (0.477, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=3, init="uniform",
-                                 rel_step_size=0.5)),
+    "seat_steps3u": (0.477, STEPS3U),
     # seat_steps3u with lam 0 (attack and objective): the margin attack of SEAT's recipe without
     # its linearity term. The term is still computed (and logged), so the cost and epochs are
     # seat_steps3u's. At eps 0.2 +1.2 / +2.3 points PGD-50-10 over lam 0.5 (seeds 0 / 1), within
     # 3 points of PGD-10-AT in both; its first runs ran as seat_steps3u with --options=lam=0.0.
-    "seat_steps3u_lam0": (0.477, dict(name="seat", lam=0.0, clean_loss_gradient=False, attack_steps=3,
-                                      init="uniform", rel_step_size=0.5)),
+    "seat_steps3u_lam0": (0.477, dict(STEPS3U, lam=0.0)),
     # One step more for eps 0.2, where 3 steps stay 4-7 points short of PGD-10-AT (idle-machine cost).
     "seat_steps4": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4)),
     # seat_steps3u's start and step with seat_steps4's 4 steps (the same cost): at eps 0.2 the
     # training attack of seat_steps3u is still weaker than PGD-10 (0.78 vs 0.71 accuracy on it).
-    "seat_steps4u": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4, init="uniform",
-                                rel_step_size=0.5)),
+    "seat_steps4u": (0.56, dict(STEPS3U, attack_steps=4)),
     # ELLE's cost was 0.54 on a busy machine (the 9-epoch elle_a record); 0.44 on an idle one.
     "elle": (0.44, dict(name="elle", lam=100.0)),
     "elle_a": (0.44, dict(name="elle_a", lam=100.0)),

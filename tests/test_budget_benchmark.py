@@ -191,6 +191,7 @@ def test_every_committed_record_is_its_variant_s_config():
         record = json.load(open(path))
         variant = record["variant"].split("+")[0]
         config = module.get_config(variant)
+        config.budget_scale = record.get("budget_scale", 1.0)
         expected = dict(config.method.to_dict(), epsilon=record["eps"], **(record.get("options") or {}))
         assert record["config"]["method"] == expected, path
         assert record["config"]["dataset"] == json.loads(json.dumps(config.dataset.to_dict())), path
@@ -201,4 +202,5 @@ def test_every_committed_record_is_its_variant_s_config():
         assert record["config"]["seed"] == record["seed"], path
         name = os.path.basename(path)[: -len(".json")]
         assert name == budget.run_key(record["variant"], record["eps"], record["seed"],
-                                      record["epochs"] if record.get("equal_epochs") else None), path
+                                      record["epochs"] if record.get("equal_epochs") else None,
+                                      record.get("budget_scale", 1.0)), path
