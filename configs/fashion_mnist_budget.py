@@ -69,8 +69,9 @@ VARIANTS = {
     "seat_steps3u": (0.477, STEPS3U),
     # seat_steps3u with lam 0 (attack and objective): the margin attack of SEAT's recipe without
     # its linearity term. The term is still computed (and logged), so the cost and epochs are
-    # seat_steps3u's. At eps 0.2 +1.2 / +2.3 points PGD-50-10 over lam 0.5 (seeds 0 / 1), within
-    # 3 points of PGD-10-AT in both; its first runs ran as seat_steps3u with --options=lam=0.0.
+    # seat_steps3u's. The budget's recommendation: within 1 point of PGD-10-AT at eps 0.1
+    # (+0.5 / +0.1) and within 3 at eps 0.2 (0.0 / -2.1; lam 0.5: -1.2 / -4.4), seeds 0 / 1; its
+    # runs ran as seat_steps3u with --options=lam=0.0.
     "seat_steps3u_lam0": (0.477, dict(STEPS3U, lam=0.0)),
     # One step more for eps 0.2, where 3 steps stay 4-7 points short of PGD-10-AT (idle-machine cost).
     "seat_steps4": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4)),
