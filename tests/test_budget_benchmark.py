@@ -204,3 +204,50 @@ def test_every_committed_record_is_its_variant_s_config():
         assert name == budget.run_key(record["variant"], record["eps"], record["seed"],
                                       record["epochs"] if record.get("equal_epochs") else None,
                                       record.get("budget_scale", 1.0)), path
+
+
+def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
+    from benchmarks import normalization_gap as gap
+
+    def rec(method, model, seed, pgd20):
+        return dict(variant=method, model=model, seed=seed, robust={"pgd20": pgd20}, clean=0.8,
+                    examples={"pgd20": 10000})
+
+    records = [rec("defaults", "plain", 0, 0.46), rec("defaults", "norm", 0, 0.50),
+               rec("defaults", "plain", 1, 0.47), rec("defaults", "norm", 1, 0.49),
+               rec("defaults", "plain", 2, 0.48),  # its normalized twin not run yet: not paired
+               rec("pgd_at", "plain", 0, 0.63), rec("pgd_at", "norm", 0, 0.65)]
+    rows = {row["method"]: row for row in gap.summarize(records)}
+    seat = rows["defaults"]
+    assert seat["seeds"] == [0, 1] and seat["gaps"] == pytest.approx([0.04, 0.02])
+    assert seat["mean_gap"] == pytest.approx(0.03) and seat["sd_gap"] == pytest.approx(0.02 / math.sqrt(2))
+    assert not seat["all_within"] and rows["pgd_at"]["all_within"] and rows["pgd_at"]["sd_gap"] is None
+    table = gap.markdown(list(rows.values()))
+    assert "| SEAT defaults | 0 | 0.4600 | 0.5000 | +4.0 |" in table and "**+3.0** (sd 1.4)" in table
+    assert "PGD-20 on 10000 test images" in table
+
+
+def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, fake_fmnist_npz):
+    from benchmarks import normalization_gap as gap, plain_cnn
+    from seat_tf import experiment
+
+    for method, model in (("defaults", "plain"), ("pgd_at", "norm")):
+        config = gap.config_for(method, model, 3)
+        study = plain_cnn.config_for(model, method, 0.2, 5, 3)
+        assert config.dataset.test_limit is None and study.dataset.test_limit == 1000
+        config.dataset.test_limit = study.dataset.test_limit
+        assert experiment.to_dict(config) == experiment.to_dict(study)  # nothing else differs
+    # SEAT's defaults here are the study's "ncg" rows: the same SEATModel.
+    built = experiment.build_model(gap.config_for("defaults", "plain", 0), total_steps=10)
+    ncg = experiment.build_model(plain_cnn.config_for("plain", "ncg", 0.2, 5, 0), total_steps=10)
+    assert (built.lam, built.variant, built.flood_level) == (ncg.lam, ncg.variant, ncg.flood_level)
+
+    out = str(tmp_path / "gap")
+    for model in ("plain", "norm"):
+        record = gap.run_one("defaults", model, 0, out, smoke=True, dataset=fake_fmnist_npz)
+        assert record["examples"]["pgd20"] <= 64 and record["model"] == model
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- normalization-gap-table:start -->\nstale\n<!-- normalization-gap-table:end -->\n")
+    table = gap.write_report(out, readme=str(readme))
+    assert "| SEAT defaults | 0 |" in table and "stale" not in readme.read_text()
+    assert os.path.getsize(os.path.join(out, "normalization_gap.png")) > 1000
