@@ -251,3 +251,21 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     table = gap.write_report(out, readme=str(readme))
     assert "| SEAT defaults | 0 |" in table and "stale" not in readme.read_text()
     assert os.path.getsize(os.path.join(out, "normalization_gap.png")) > 1000
+
+
+def test_the_budget_recommendation_is_the_python_call_the_readme_shows(make_linear):
+    """README's "Which method for my time budget?" gives :seat_steps3u_lam0 as a SEATModel call
+    for Python users; it must build the model the config variant trains."""
+    import seat_tf
+    from seat_tf import experiment
+
+    config = _config_module().get_config("seat_steps3u_lam0")
+    trained = experiment.build_model(config, total_steps=10)
+    classifier = make_linear(np.zeros((784, 10), np.float32), np.zeros(10, np.float32), (28, 28, 1))
+    shown = seat_tf.SEATModel(classifier, epsilon=0.2, lam=0.0,
+                              variant=dict(attack_steps=3, init="uniform", rel_step_size=0.5))
+    assert (shown.lam, shown.variant, shown.flood_level, shown.epsilon) == (
+        trained.lam, trained.variant, trained.flood_level, trained.epsilon)
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    assert ('seat_tf.SEATModel(classifier, epsilon=0.2, lam=0.0,\n'
+            '                         variant=dict(attack_steps=3, init="uniform", rel_step_size=0.5))') in readme
