@@ -248,17 +248,10 @@ def plot(runs, path):
 
 
 def write_report(out, readme=None):
-    from seat_tf import fileio
-
     runs = load_runs(out)
     rows = summarize(runs)
-    table = markdown(rows)
-    fileio.write_json_atomic({"runs": runs, "rows": rows}, os.path.join(out, "results.json"))
-    fileio.write_text_atomic(table, os.path.join(out, "budget.md"))
     plot(runs, os.path.join(out, "budget.png"))
-    if readme:
-        runner.replace_readme_section(readme, "budget-table", table)
-    return table
+    return runner.publish(out, markdown(rows), "budget.md", {"runs": runs, "rows": rows}, "budget-table", readme)
 
 
 def main(argv):

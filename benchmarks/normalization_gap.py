@@ -132,17 +132,9 @@ def plot(rows, path):
 
 
 def write_report(out, readme=None):
-    from seat_tf import fileio
-
-    records = runner.load_records(os.path.join(out, "runs"))
-    rows = summarize(records)
-    table = markdown(rows)
-    fileio.write_text_atomic(table, os.path.join(out, "table.md"))
-    fileio.write_json_atomic(dict(rows=rows), os.path.join(out, "results.json"))
+    rows = summarize(runner.load_records(os.path.join(out, "runs")))
     plot(rows, os.path.join(out, "normalization_gap.png"))
-    if readme:
-        runner.replace_readme_section(readme, "normalization-gap-table", table)
-    return table
+    return runner.publish(out, markdown(rows), "table.md", dict(rows=rows), "normalization-gap-table", readme)
 
 
 def main(argv):

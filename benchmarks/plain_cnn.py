@@ -124,15 +124,8 @@ def markdown(records):
 
 
 def write_report(out, readme=None):
-    from seat_tf import fileio
-
     records = runner.load_records(os.path.join(out, "runs"))
-    table = markdown(records)
-    fileio.write_text_atomic(table, os.path.join(out, "study.md"))
-    fileio.write_json_atomic(records, os.path.join(out, "results.json"))
-    if readme:
-        runner.replace_readme_section(readme, "plain-cnn-table", table)
-    return table
+    return runner.publish(out, markdown(records), "study.md", records, "plain-cnn-table", readme)
 
 
 def main(argv):

@@ -152,3 +152,15 @@ def replace_readme_section(readme, name, text):
         raise ValueError(f"{readme} has no {start_marker} ... {end_marker} section.")
     start, end = content.index(start_marker) + len(start_marker), content.index(end_marker)
     fileio.write_text_atomic(content[:start] + "\n" + text.strip() + "\n" + content[end:], readme)
+
+
+def publish(out, table, table_name, results, section, readme=None):
+    """A benchmark's report from its records: the markdown table (`out/table_name`), the JSON
+    results (`out/results.json`) and, with `readme`, the README's generated `section`."""
+    from seat_tf import fileio
+
+    fileio.write_text_atomic(table, os.path.join(out, table_name))
+    fileio.write_json_atomic(results, os.path.join(out, "results.json"))
+    if readme:
+        replace_readme_section(readme, section, table)
+    return table
