@@ -231,12 +231,13 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     from benchmarks import normalization_gap as gap, plain_cnn
     from seat_tf import experiment
 
-    for method, model in (("defaults", "plain"), ("pgd_at", "norm")):
+    for method, model in (("defaults", "plain"), ("pgd_at", "norm"), ("ncg_warmup", "plain")):
         config = gap.config_for(method, model, 3)
         study = plain_cnn.config_for(model, method, 0.2, 5, 3)
         assert config.dataset.test_limit is None and study.dataset.test_limit == 1000
         config.dataset.test_limit = study.dataset.test_limit
         assert experiment.to_dict(config) == experiment.to_dict(study)  # nothing else differs
+    assert gap.config_for("ncg_warmup", "norm", 0).method.epsilon_warmup_steps == 235  # one epoch of 30k at 128
     # SEAT's defaults here are the study's "ncg" rows: the same SEATModel.
     built = experiment.build_model(gap.config_for("defaults", "plain", 0), total_steps=10)
     ncg = experiment.build_model(plain_cnn.config_for("plain", "ncg", 0.2, 5, 0), total_steps=10)
