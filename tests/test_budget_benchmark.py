@@ -231,7 +231,7 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     from benchmarks import normalization_gap as gap, plain_cnn
     from seat_tf import experiment
 
-    for method, model in (("defaults", "plain"), ("pgd_at", "norm"), ("ncg_warmup", "plain")):
+    for method, model in (("defaults", "plain"), ("pgd_at", "norm"), ("ncg_warmup", "plain"), ("ncg_dbp", "norm")):
         config = gap.config_for(method, model, 3)
         study = plain_cnn.config_for(model, method, 0.2, 5, 3)
         assert config.dataset.test_limit is None and study.dataset.test_limit == 1000
