@@ -228,16 +228,25 @@ def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
 
 
 def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, fake_fmnist_npz):
-    from benchmarks import normalization_gap as gap, plain_cnn
+    from benchmarks import normalization_gap as gap, plain_cnn, runner
     from seat_tf import experiment
 
-    for method, model in (("defaults", "plain"), ("pgd_at", "norm"), ("ncg_warmup", "plain"), ("ncg_dbp", "norm")):
+    for method, model in ((method, model) for method in gap.METHODS for model in ("plain", "norm")):
         config = gap.config_for(method, model, 3)
         study = plain_cnn.config_for(model, method, 0.2, 5, 3)
         assert config.dataset.test_limit is None and study.dataset.test_limit == 1000
         config.dataset.test_limit = study.dataset.test_limit
         assert experiment.to_dict(config) == experiment.to_dict(study)  # nothing else differs
     assert gap.config_for("ncg_warmup", "norm", 0).method.epsilon_warmup_steps == 235  # one epoch of 30k at 128
+    # The two split rows are the budget's own methods: its recommended recipe and RS-FGSM.
+    budget_configs = runner.load_config_module("configs/fashion_mnist_budget.py")
+    ours = gap.config_for("rs_fgsm", "plain", 0).method.to_dict()
+    theirs = budget_configs.get_config("rs_fgsm").method.to_dict()
+    assert {k: v for k, v in ours.items() if k != "epsilon"} == {k: v for k, v in theirs.items() if k != "epsilon"}
+    ours = experiment.build_model(gap.config_for("ncg_steps3u_lam0", "plain", 0), total_steps=10)
+    theirs = experiment.build_model(budget_configs.get_config("seat_steps3u_lam0"), total_steps=10)
+    assert (ours.lam, ours.variant, ours.flood_level) == (
+        theirs.lam, theirs.variant, theirs.flood_level)
     # SEAT's defaults here are the study's "ncg" rows: the same SEATModel.
     built = experiment.build_model(gap.config_for("defaults", "plain", 0), total_steps=10)
     ncg = experiment.build_model(plain_cnn.config_for("plain", "ncg", 0.2, 5, 0), total_steps=10)
