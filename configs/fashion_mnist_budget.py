@@ -24,6 +24,7 @@ machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet
     seat_steps3  0.477 (3 attack steps; step_cost_attack_steps.json)   10
     seat_steps3u 0.477 (seat_steps3's 3 steps, of eps/2 from a uniform start)   10
     seat_steps3u_lam0 0.477 (seat_steps3u without the linearity term: the same passes)   10
+    seat_steps2u_lam0 0.31 (2 attack steps, step_cost_attack_steps_elle_quiet.json)   16
     seat_steps4  0.56 (4 attack steps; step_cost_attack_steps_elle_quiet.json)   8
     seat_steps4u 0.56 (seat_steps4's 4 steps, of eps/2 from a uniform start)   8
     elle, elle_a 0.44 (step_cost_attack_steps_elle_quiet.json)  11
@@ -31,7 +32,9 @@ machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet
     trades       1.418                    3
     pgd_at       1.0                      5
 
-`--config.budget_scale=s` multiplies every variant's epochs (and so the budget) by s.
+`--config.budget_scale=s` multiplies every variant's epochs (and so the budget) by s. Issue 14's
+stretch budget, 0.4x the time of PGD-7-AT's 5 epochs, is s = 0.4 x 0.687 (PGD-7-AT's step cost,
+docs/results/step_cost.json) = 0.2748: `seat_steps2u_lam0` gets 4 epochs there.
 Same model (small CNN with in-model normalization), data (60k train / 10k test), optimizer
 (Adam, one-cycle schedule peaking at 2e-3) and eps (`--config.method.epsilon`, default 0.2)
 for every variant. Per epoch, the catastrophic-overfitting monitor measures PGD-10 and FGSM
@@ -73,6 +76,13 @@ VARIANTS = {
     # (+0.5 / +0.1) and within 3 at eps 0.2 (0.0 / -2.1; lam 0.5: -1.2 / -4.4), seeds 0 / 1; its
     # runs ran as seat_steps3u with --options=lam=0.0.
     "seat_steps3u_lam0": (0.477, dict(STEPS3U, lam=0.0)),
+    # Two margin-attack steps of 0.75 eps from a uniform start, no linearity term: the cheapest
+    # multi-step form of the recipe, for issue 14's stretch goal at eps 0.3 (0.4x PGD-7-AT's
+    # time: 4 epochs at budget_scale 0.2748, where seat_steps3u_lam0 gets 2). 0.75, not 0.5: two
+    # steps of eps/2 move a pixel by at most eps, so from a uniform start it reaches the face
+    # the gradient points to only if it started on that side of the centre (half the pixels);
+    # steps of 0.75 eps reach it from up to eps/2 beyond the centre (three quarters).
+    "seat_steps2u_lam0": (0.31, dict(STEPS3U, lam=0.0, attack_steps=2, rel_step_size=0.75)),
     # One step more for eps 0.2, where 3 steps stay 4-7 points short of PGD-10-AT (idle-machine cost).
     "seat_steps4": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4)),
     # seat_steps3u's start and step with seat_steps4's 4 steps (the same cost): at eps 0.2 the
