@@ -12,7 +12,8 @@ training method, the defaults with an eps warm-up over the first epoch (`ncg_war
 a candidate default, the defaults with double backprop (`ncg_dbp`), the option for a
 classifier without in-model normalization, and two rows that split SEAT's share of the gap from
 single-step training's: the budget's recommended recipe (`ncg_steps3u_lam0`: 3 margin-attack
-steps, no linearity term) and RS-FGSM, a single-step method with none of SEAT's parts.
+steps, no linearity term), the same with a cross-entropy attack (PGD-3-AT), and RS-FGSM, a
+single-step method with none of SEAT's parts.
 
     python -m benchmarks.normalization_gap --out=docs/results/normalization_gap --readme=README.md
     python -m benchmarks.normalization_gap --out=... --only=plain_defaults_s2    # one run
@@ -36,7 +37,7 @@ EPS, EPOCHS, SEEDS = 0.2, 5, (0, 1, 2, 3)
 # the defaults with double backprop (the option README recommended for a plain classifier); then
 # the budget's 3-step recipe without the term and RS-FGSM: is the gap beyond PGD-10-AT's SEAT's,
 # or any few-step method's?
-METHODS = ("defaults", "pgd_at", "ncg_warmup", "ncg_dbp", "ncg_steps3u_lam0", "rs_fgsm")
+METHODS = ("defaults", "pgd_at", "ncg_warmup", "ncg_dbp", "ncg_steps3u_lam0", "rs_fgsm", "ncg_steps3u_lam0_ce")
 # In this order (methods were added after the earlier ones had run), seed by seed, both CNNs of
 # a seed together.
 GRID = [(method, model, seed) for method in METHODS for seed in SEEDS for model in ("plain", "norm")]
@@ -99,7 +100,8 @@ def summarize(records):
 def markdown(rows):
     names = {"defaults": "SEAT defaults", "pgd_at": "PGD-10-AT", "ncg_warmup": "SEAT + eps warm-up",
              "ncg_dbp": "SEAT + double backprop",
-             "ncg_steps3u_lam0": "3-step margin AT (budget recipe)", "rs_fgsm": "RS-FGSM"}
+             "ncg_steps3u_lam0": "3-step margin AT (budget recipe)", "rs_fgsm": "RS-FGSM",
+             "ncg_steps3u_lam0_ce": "PGD-3-AT (budget recipe, CE attack)"}
     lines = ["| method | seed | PGD-20 plain | PGD-20 normalized | gap (points) | clean plain / normalized |",
              "|---|---|---|---|---|---|"]
     for row in rows:
@@ -125,7 +127,7 @@ def plot(rows, path):
     from seat_tf import fileio
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for row, marker in zip(rows, "os^Dvx"):
+    for row, marker in zip(rows, "os^Dvx*"):
         ax.scatter(row["plain"], row["norm"], marker=marker, label=row["method"])
         for seed, x, y in zip(row["seeds"], row["plain"], row["norm"]):
             ax.annotate(f"s{seed}", (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
