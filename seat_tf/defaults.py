@@ -134,8 +134,8 @@ def diagnostics_config():
       linearity_monitor: log the local linearity error each epoch (and every
         `linearity_every_n_steps` steps if > 0) with `linearity_steps` search steps;
       co_monitor: catastrophic-overfitting monitor, `co_attack` vs FGSM accuracy; `co_action`
-        warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy
-        (None turns a rule off); restore multiplies the learning rate by co_lr_factor and the
+        warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy,
+        co_max_train_gap (None turns a rule off; `diagnostics.collapse_reasons`); restore multiplies the learning rate by co_lr_factor and the
         attack step by co_step_factor;
       divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
         weights (and lowers the learning rate) when the loss goes non-finite or the linearity
@@ -156,6 +156,7 @@ def diagnostics_config():
             co_max_drop=0.2,
             co_max_gap=0.4,
             co_min_pgd_accuracy=placeholder(float),
+            co_max_train_gap=0.5,
             co_lr_factor=0.5,
             co_step_factor=0.5,
             co_max_restores=3,

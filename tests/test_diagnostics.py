@@ -194,6 +194,9 @@ class ScriptedMonitor(diagnostics.CatastrophicOverfittingMonitor):
 
     def __init__(self, script, **kwargs):
         x = np.zeros((2, 8, 8, 1), np.float32)
+        # The script replaces the PGD and FGSM measurements but not the real fit's adv_accuracy
+        # log, which the training-attack rule compares with them: off unless a test asks.
+        kwargs.setdefault("max_train_gap", None)
         super().__init__(x, np.zeros(2, np.int32), 0.1, **kwargs)
         self.script = list(script)
 
@@ -220,6 +223,35 @@ def test_collapse_rule_on_synthetic_histories():
     assert first_collapse(COLLAPSING) == 4
     assert first_collapse(COLLAPSING, max_drop=None, max_gap=0.25) == 3  # the gap widens first
     assert first_collapse(HEALTHY, max_drop=None, max_gap=None, min_pgd_accuracy=0.35) == 1
+
+
+def test_collapse_rule_catches_a_first_epoch_collapse_by_the_training_attack_gap():
+    """2 margin steps of 0.75 eps at eps 0.3, epoch 1 of 4 (budget record): the model already
+    beats its training attack (0.95) but not PGD (0.02); clean accuracy fell with it, so FGSM's
+    lead over PGD (0.25) stays under max_gap and there is no best to drop from."""
+    record = dict(pgd_accuracy=0.02, fgsm_accuracy=0.27, train_adv_accuracy=0.95)
+    assert diagnostics.collapse_reasons(dict(record, train_adv_accuracy=None), None) == []
+    reasons = diagnostics.collapse_reasons(record, None)
+    assert len(reasons) == 1 and "training attack 0.950 exceeds PGD accuracy 0.020 by 0.930" in reasons[0]
+    assert diagnostics.collapse_reasons(record, None, max_train_gap=None) == []
+    assert diagnostics.collapse_reasons(record, None, max_train_gap=0.95) == []
+    # Healthy single-step training at a large radius: 0.44 apart, under the default 0.5.
+    assert diagnostics.collapse_reasons(dict(pgd_accuracy=0.35, fgsm_accuracy=0.70, train_adv_accuracy=0.79), 0.36) == []
+
+
+def test_co_monitor_compares_pgd_with_the_model_s_own_training_attack():
+    """on_epoch_end reads the adversarial model's adv_accuracy log: the same measurements are a
+    collapse when the training attack is beaten and no collapse without that log."""
+    monitor = ScriptedMonitor([(0.02, 0.27)], action="warn", max_train_gap=0.5)
+    logs = {"adv_accuracy": 0.95}
+    monitor.on_epoch_end(0, logs)
+    assert logs["co_collapsed"] == 1.0 and monitor.collapsed_epoch == 1
+    assert monitor.records[0]["train_adv_accuracy"] == pytest.approx(0.95)
+    quiet = ScriptedMonitor([(0.02, 0.27)], action="warn", max_train_gap=None)
+    quiet.set_model(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]))
+    logs = {"adv_accuracy": 0.95}
+    quiet.on_epoch_end(0, logs)
+    assert logs["co_collapsed"] == 0.0 and quiet.collapsed_epoch is None
 
 
 def _fit_with(monitor, make_tiny_cnn, toy_data, epochs, method=seat_tf.FGSMATModel, extra_callbacks=(), **kwargs):
