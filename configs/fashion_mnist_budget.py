@@ -25,6 +25,7 @@ machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet
     seat_steps3u 0.477 (seat_steps3's 3 steps, of eps/2 from a uniform start)   10
     seat_steps3u_lam0 0.477 (seat_steps3u without the linearity term: the same passes)   10
     seat_steps2u_lam0 0.31 (2 attack steps, step_cost_attack_steps_elle_quiet.json)   16
+    seat_steps2u 0.31 (seat_steps2u_lam0 with lam 0.5)   16
     seat_steps4  0.56 (4 attack steps; step_cost_attack_steps_elle_quiet.json)   8
     seat_steps4u 0.56 (seat_steps4's 4 steps, of eps/2 from a uniform start)   8
     elle, elle_a 0.44 (step_cost_attack_steps_elle_quiet.json)  11
@@ -83,6 +84,9 @@ VARIANTS = {
     # the gradient points to only if it started on that side of the centre (half the pixels);
     # steps of 0.75 eps reach it from up to eps/2 beyond the centre (three quarters).
     "seat_steps2u_lam0": (0.31, dict(STEPS3U, lam=0.0, attack_steps=2, rel_step_size=0.75)),
+    # It collapsed in epoch 1-2 at eps 0.3 in both seeds (PGD-50-10 0.003 / 0.000): the same 2
+    # steps with SEAT's linearity term (lam 0.5), the guard against exactly that, are next.
+    "seat_steps2u": (0.31, dict(STEPS3U, attack_steps=2, rel_step_size=0.75)),
     # One step more for eps 0.2, where 3 steps stay 4-7 points short of PGD-10-AT (idle-machine cost).
     "seat_steps4": (0.56, dict(name="seat", lam=0.5, clean_loss_gradient=False, attack_steps=4)),
     # seat_steps3u's start and step with seat_steps4's 4 steps (the same cost): at eps 0.2 the
