@@ -13,7 +13,8 @@ a candidate default, the defaults with double backprop (`ncg_dbp`), the option f
 classifier without in-model normalization, and two rows that split SEAT's share of the gap from
 single-step training's: the budget's recommended recipe (`ncg_steps3u_lam0`: 3 margin-attack
 steps, no linearity term), the same with a cross-entropy attack (PGD-3-AT), and RS-FGSM, a
-single-step method with none of SEAT's parts.
+single-step method with none of SEAT's parts; and SEAT's defaults with a cross-entropy attack
+(`ncg_ce`), a candidate for the plain classifier.
 
     python -m benchmarks.normalization_gap --out=docs/results/normalization_gap --readme=README.md
     python -m benchmarks.normalization_gap --out=... --only=plain_defaults_s2    # one run
@@ -37,7 +38,7 @@ EPS, EPOCHS, SEEDS = 0.2, 5, (0, 1, 2, 3)
 # the defaults with double backprop (the option README recommended for a plain classifier); then
 # the budget's 3-step recipe without the term and RS-FGSM: is the gap beyond PGD-10-AT's SEAT's,
 # or any few-step method's?
-METHODS = ("defaults", "pgd_at", "ncg_warmup", "ncg_dbp", "ncg_steps3u_lam0", "rs_fgsm", "ncg_steps3u_lam0_ce")
+METHODS = ("defaults", "pgd_at", "ncg_warmup", "ncg_dbp", "ncg_steps3u_lam0", "rs_fgsm", "ncg_steps3u_lam0_ce", "ncg_ce")
 # In this order (methods were added after the earlier ones had run), seed by seed, both CNNs of
 # a seed together.
 GRID = [(method, model, seed) for method in METHODS for seed in SEEDS for model in ("plain", "norm")]
@@ -101,7 +102,8 @@ def markdown(rows):
     names = {"defaults": "SEAT defaults", "pgd_at": "PGD-10-AT", "ncg_warmup": "SEAT + eps warm-up",
              "ncg_dbp": "SEAT + double backprop",
              "ncg_steps3u_lam0": "3-step margin AT (budget recipe)", "rs_fgsm": "RS-FGSM",
-             "ncg_steps3u_lam0_ce": "PGD-3-AT (budget recipe, CE attack)"}
+             "ncg_steps3u_lam0_ce": "PGD-3-AT (budget recipe, CE attack)",
+             "ncg_ce": "SEAT, CE attack"}
     lines = ["| method | seed | PGD-20 plain | PGD-20 normalized | gap (points) | clean plain / normalized |",
              "|---|---|---|---|---|---|"]
     for row in rows:
@@ -127,7 +129,7 @@ def plot(rows, path):
     from seat_tf import fileio
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for row, marker in zip(rows, "os^Dvx*"):
+    for row, marker in zip(rows, "os^Dvx*P"):
         ax.scatter(row["plain"], row["norm"], marker=marker, label=row["method"])
         for seed, x, y in zip(row["seeds"], row["plain"], row["norm"]):
             ax.annotate(f"s{seed}", (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
