@@ -10,17 +10,18 @@ all 10,000 test images, 4 seeds, for SEAT's defaults (what `SEATModel(classifier
 PGD-10-AT, the control that says how much of the gap comes with the classifier whatever the
 training method, the defaults with an eps warm-up over the first epoch (`ncg_warmup`),
 a candidate default, the defaults with double backprop (`ncg_dbp`), the option for a
-classifier without in-model normalization, and two rows that split SEAT's share of the gap from
-single-step training's: the budget's recommended recipe (`ncg_steps3u_lam0`: 3 margin-attack
-steps, no linearity term), the same with a cross-entropy attack (PGD-3-AT), and RS-FGSM, a
-single-step method with none of SEAT's parts; and SEAT's defaults with a cross-entropy attack
-(`ncg_ce`), a candidate for the plain classifier.
+classifier without in-model normalization, three rows that split SEAT's share of the gap from
+cheap-adversary training's (the budget's recommended recipe, `ncg_steps3u_lam0`: 3
+margin-attack steps, no linearity term; the same with a cross-entropy attack,
+`ncg_steps3u_lam0_ce`, PGD-3-AT; RS-FGSM, one step with none of SEAT's parts), and SEAT's
+defaults with a cross-entropy attack (`ncg_ce`), a candidate for the plain classifier.
 
     python -m benchmarks.normalization_gap --out=docs/results/normalization_gap --readme=README.md
     python -m benchmarks.normalization_gap --out=... --only=plain_defaults_s2    # one run
     python -m benchmarks.normalization_gap --out=... --report_only
 """
 
+import itertools
 import os
 import statistics
 import sys
@@ -36,8 +37,8 @@ EPS, EPOCHS, SEEDS = 0.2, 5, (0, 1, 2, 3)
 # plain-CNN study variants: SEATModel's defaults, PGD-10-AT, the defaults with eps ramped up
 # over the first epoch (the one candidate default that narrowed the gap at no cost per step), and
 # the defaults with double backprop (the option README recommended for a plain classifier); then
-# the budget's 3-step recipe without the term and RS-FGSM: is the gap beyond PGD-10-AT's SEAT's,
-# or any few-step method's?
+# the budget's 3-step recipe without the term, PGD-3-AT and RS-FGSM (is the gap beyond
+# PGD-10-AT's SEAT's, or any cheap adversary's?) and SEAT with a cross-entropy attack.
 METHODS = ("defaults", "pgd_at", "ncg_warmup", "ncg_dbp", "ncg_steps3u_lam0", "rs_fgsm", "ncg_steps3u_lam0_ce", "ncg_ce")
 # In this order (methods were added after the earlier ones had run), seed by seed, both CNNs of
 # a seed together.
@@ -129,7 +130,7 @@ def plot(rows, path):
     from seat_tf import fileio
 
     fig, ax = plt.subplots(figsize=(5, 4))
-    for row, marker in zip(rows, "os^Dvx*P"):
+    for row, marker in zip(rows, itertools.cycle("os^Dvx*P")):
         ax.scatter(row["plain"], row["norm"], marker=marker, label=row["method"])
         for seed, x, y in zip(row["seeds"], row["plain"], row["norm"]):
             ax.annotate(f"s{seed}", (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)

@@ -135,8 +135,8 @@ def diagnostics_config():
         `linearity_every_n_steps` steps if > 0) with `linearity_steps` search steps;
       co_monitor: catastrophic-overfitting monitor, `co_attack` vs FGSM accuracy; `co_action`
         warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy,
-        co_max_train_gap (None turns a rule off; `diagnostics.collapse_reasons`); restore multiplies the learning rate by co_lr_factor and the
-        attack step by co_step_factor;
+        co_max_train_gap (None turns a rule off; `diagnostics.collapse_reasons`); restore
+        multiplies the learning rate by co_lr_factor and the attack step by co_step_factor;
       divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
         weights (and lowers the learning rate) when the loss goes non-finite or the linearity
         error / loss jumps above divergence_factor times its best; divergence_action

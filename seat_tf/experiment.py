@@ -196,7 +196,7 @@ def build_monitors(config, workdir=None):
         monitors.append(diagnostics.CatastrophicOverfittingMonitor(
             x, y, eps, attack=diag.co_attack, action=diag.co_action, max_drop=diag.co_max_drop,
             max_gap=diag.co_max_gap, min_pgd_accuracy=diag.co_min_pgd_accuracy,
-            max_train_gap=diag.get("co_max_train_gap", 0.5), lr_factor=diag.co_lr_factor,
+            max_train_gap=diag.co_max_train_gap, lr_factor=diag.co_lr_factor,
             step_factor=diag.co_step_factor, max_restores=diag.co_max_restores, linearity_steps=diag.linearity_steps,
             log_path=os.path.join(workdir, "co_monitor.json") if workdir else None, seed=config.seed))
     return monitors
