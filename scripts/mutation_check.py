@@ -67,6 +67,28 @@ DATA_TESTS = ("tests/test_data.py",
 
 # (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
 MUTANTS = [
+    # A hard-coded lam, the residual's reductions and inputs inside the attack, the warm-up's eps
+    # reaching the attack, the flood level under replicas, the fourth CO rule's direction.
+    ("seat_objective_lam_hardcoded", SEAT, "+ self.lam * linearity", "+ 0.5 * linearity"),
+    ("seat_attack_lam_hardcoded", SEAT, "return self._attack_score(y, logits) + lam * linearity",
+     "return self._attack_score(y, logits) + 0.5 * linearity"),
+    ("losses_residual_mean_not_sum", LOSSES, "directional = tf.reduce_sum(delta * grad_clean, axis=axes)",
+     "directional = tf.reduce_mean(delta * grad_clean, axis=axes)"),
+    ("seat_attack_residual_drops_gradient", SEAT,
+     "residual = losses.linearity_residual(losses.cross_entropy(y, logits), clean.loss, x_adv - x, clean.grad)",
+     "residual = losses.linearity_residual(losses.cross_entropy(y, logits), clean.loss, x_adv - x, 0.0 * clean.grad)"),
+    ("seat_attack_residual_drops_clean_loss", SEAT,
+     "residual = losses.linearity_residual(losses.cross_entropy(y, logits), clean.loss, x_adv - x, clean.grad)",
+     "residual = losses.linearity_residual(losses.cross_entropy(y, logits), 0.0 * clean.loss, x_adv - x, clean.grad)"),
+    ("base_warmup_off_by_one", BASE, "self.optimizer.iterations + 1, tf.float32", "self.optimizer.iterations, tf.float32",
+     MATHS_TESTS + ("tests/test_training.py::test_epsilon_warmup_ramps_linearly",)),
+    ("base_attack_ignores_warmup", BASE, "x_adv = tf.stop_gradient(self.perturb(x, y, epsilon, clean))",
+     "x_adv = tf.stop_gradient(self.perturb(x, y, self.epsilon, clean))",
+     MATHS_TESTS + ("tests/test_training.py::test_every_methods_training_attack_follows_the_warmup_eps",)),
+    ("base_flood_level_per_replica", BASE, "+ level / _num_replicas()", "+ level", MATHS_TESTS + TWO_REPLICAS),
+    ("diag_train_gap_direction", MONITORS, "train - pgd > max_train_gap", "pgd - train > max_train_gap", DIAG_TESTS),
+    ("losses_margin_min_other", LOSSES, "best_other = tf.reduce_max(", "best_other = tf.reduce_min("),
+    ("losses_ce_on_probs", LOSSES, "labels=labels, logits=_as_float32(logits))", "labels=labels, logits=tf.nn.softmax(_as_float32(logits)))"),
     ("losses_true_class_mask", LOSSES, "num_classes) > 0.5", "num_classes) < 0.5"),
     ("losses_margin_sign", LOSSES, "return best_other - true_score", "return true_score - best_other"),
     ("losses_margin_probs_log", LOSSES, "scores = tf.nn.softmax(scores, axis=-1)",

@@ -161,6 +161,37 @@ def test_epsilon_warmup_ramps_linearly(make_tiny_cnn, toy_data):
     assert float(model.current_epsilon()) == pytest.approx(0.2)
 
 
+# How far each method's training perturbation may reach, in units of the step's eps:
+# N-FGSM's unprojected noise of 2 eps plus a step of eps; everyone else stays in the ball.
+REACH = {"n_fgsm": 3.0}
+WARMUP_OPTIONS = {"pgd_at": dict(steps=2), "trades": dict(steps=2)}
+
+
+@pytest.mark.parametrize("method", sorted(seat_tf.METHODS))
+def test_every_methods_training_attack_follows_the_warmup_eps(method, make_tiny_cnn, toy_data):
+    """The ramp must reach the attack, not only current_epsilon(): step t (1-based) of a
+    4-step warm-up may move no pixel further than reach * eps * t / 4."""
+    x, y = toy_data
+    eps, warmup = 0.2, 4
+    model = seat_tf.get_method(method)(make_tiny_cnn(), epsilon=eps, epsilon_warmup_steps=warmup,
+                                       **WARMUP_OPTIONS.get(method, {}))
+    model.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    reached = []
+    perturb = model.perturb
+
+    def recording_perturb(xs, ys, epsilon, clean):
+        x_adv = perturb(xs, ys, epsilon, clean)
+        reached.append(float(tf.reduce_max(tf.abs(x_adv - xs))))
+        return x_adv
+
+    model.perturb = recording_perturb
+    model.fit(x[:32], y[:32], batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert len(reached) == warmup
+    reach = REACH.get(method, 1.0)
+    for step, value in enumerate(reached, start=1):
+        assert value <= reach * eps * step / warmup + 1e-6, (step, reached)
+    assert reached[-1] > 0.5 * eps, reached  # at full eps the attack does move the images
+
 def test_seat_training_perturbation_respects_eps(make_tiny_cnn, toy_data):
     x, y = toy_data
     model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1)
