@@ -72,7 +72,11 @@ def identify(saved):
     """(model, variant, eps, epochs, seed) of a saved config.json that matches a study config."""
     from seat_tf.training.seat import PRESETS
 
-    model = "plain" if tuple(saved["model"].get("std") or ()) == (1.0,) else "norm"
+    mean, std = (tuple(saved["model"].get(k) or ()) for k in ("mean", "std"))
+    if (mean == (0.0,)) != (std == (1.0,)):
+        raise ValueError(f"A CNN standardized by mean {mean} and std {std} (one half of the normalization: "
+                         "benchmarks.normalization_gap's split) is not one of this study's.")
+    model = "plain" if std == (1.0,) else "norm"
     method = saved["method"]
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]

@@ -6,7 +6,9 @@
         --config.epochs=10 --workdir=runs/plain_paper_eps03                                    # diverges
     python -m benchmarks.plain_cnn --out=docs/results/plain_cnn                              # the whole study
 
-The arg is "<plain|norm>[,<variant>]". Variants of SEAT (all on the paper's settings, preset
+The arg is "<plain|norm|scaled|centred>[,<variant>]": "scaled" and "centred" are the two halves
+of the normalization apart, (x / 0.353) and (x - 0.286), which split the plain/normalized gap
+into the input's scale and its centring. Variants of SEAT (all on the paper's settings, preset
 "paper", except the one option named): "defaults" (SEATModel's defaults), "paper",
 "ncg" (clean_loss_gradient=False), "dbp" (double_backprop=True), "ncg_dbp" (both), "ncg_steps3" (ncg with a 3-step inner attack, the budget's
 `:seat_steps3`), "ncg_steps3u" (the same 3 steps of eps/2 from a uniform start), "ncg_switch" (ncg, switched
@@ -32,6 +34,8 @@ import ml_collections
 from seat_tf.experiment import fashion_mnist_adam_config, shrink_for_smoke
 
 TRAIN_LIMIT, BATCH_SIZE = 30_000, 128  # the study's training images and batch (fashion_mnist_adam_config's)
+# The in-model standardization of each CNN (mean, std); None: the small CNN's own (Fashion-MNIST's).
+MODELS = {"plain": ((0.0,), (1.0,)), "norm": None, "scaled": ((0.0,), (0.3530,)), "centred": ((0.2860,), (1.0,))}
 NCG = dict(preset="paper", clean_loss_gradient=False)
 STEPS3U = dict(NCG, attack_steps=3, init="uniform", rel_step_size=0.5)
 
@@ -78,8 +82,9 @@ def get_config(arg="plain"):
     model, _, variant = (arg or "plain").partition(",")
     smoke = model == "smoke"  # the smoke run every config offers (tests): the plain CNN, SEAT's defaults
     model, variant = ("plain", "defaults") if smoke else (model, variant or "defaults")
-    if model not in ("plain", "norm"):
-        raise ValueError(f"Unknown model {model!r}; use 'plain' (no in-model normalization) or 'norm'.")
+    if model not in MODELS:
+        raise ValueError(f"Unknown model {model!r}; use 'plain' (no in-model normalization), 'norm', "
+                         "'scaled' (divided by the std only) or 'centred' (the mean subtracted only).")
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {sorted(VARIANTS)}.")
     config = fashion_mnist_adam_config()
@@ -87,8 +92,8 @@ def get_config(arg="plain"):
     config.dataset.train_limit = TRAIN_LIMIT
     config.dataset.test_limit = 1000
     config.dataset.val_limit = 500
-    if model == "plain":
-        config.model.mean, config.model.std = (0.0,), (1.0,)
+    if MODELS[model] is not None:
+        config.model.mean, config.model.std = MODELS[model]
     config.method = ml_collections.ConfigDict({"name": "seat", "epsilon": 0.2, **VARIANTS[variant]})
     config.val_attack = "pgd10"
     config.eval_attacks = ("pgd20",)

@@ -126,6 +126,9 @@ def test_plain_cnn_study_configs_and_their_identification():
     flooded["method"]["flood_level"] = 0.1
     with pytest.raises(ValueError, match="No study variant matches"):
         plain_cnn.identify(flooded)
+    # One half of the standardization (normalization_gap's split) is neither study CNN.
+    with pytest.raises(ValueError, match="one half of the normalization"):
+        plain_cnn.identify(experiment.to_dict(plain_cnn.config_for("centred", "defaults", 0.2, 5, 0)))
     # ncg_warmup ramps eps over exactly the first epoch of the study's data and batch.
     warmup = plain_cnn.config_for("plain", "ncg_warmup", 0.2, 5, 0)
     assert warmup.method.epsilon_warmup_steps == math.ceil(warmup.dataset.train_limit / warmup.dataset.batch_size)
@@ -225,6 +228,14 @@ def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
     table = gap.markdown(list(rows.values()))
     assert "| SEAT defaults | 0 | 0.4600 | 0.5000 | +4.0 |" in table and "**+3.0** (sd 1.4)" in table
     assert "PGD-20 on 10000 test images" in table
+    # The normalization's halves apart: a seed counts once all four CNNs of the defaults are in.
+    split = records + [rec("defaults", "scaled", 0, 0.49), rec("defaults", "centred", 0, 0.47),
+                       rec("defaults", "scaled", 1, 0.48)]
+    assert [r["seed"] for r in gap.summarize_split(split)] == [0]
+    (row,) = gap.summarize_split(split)
+    assert row["scaled_closes"] == pytest.approx(0.75) and row["centred_closes"] == pytest.approx(0.25)
+    assert "| 0 | 0.4600 | 0.4900 | 0.4700 | 0.5000 | 75% | 25% |" in gap.split_markdown([row])
+    assert gap.split_markdown([]) == ""
 
 
 def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, fake_fmnist_npz):
@@ -238,6 +249,17 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
         config.dataset.test_limit = study.dataset.test_limit
         assert experiment.to_dict(config) == experiment.to_dict(study)  # nothing else differs
     assert gap.config_for("ncg_warmup", "norm", 0).method.epsilon_warmup_steps == 235  # one epoch of 30k at 128
+    # The split's CNNs: the plain CNN's config but for one half of the standardization each.
+    def without_standardization(model):
+        config = experiment.to_dict(gap.config_for("defaults", model, 0))
+        return config, [config["model"].pop(k) for k in ("mean", "std")]
+
+    plain, _ = without_standardization("plain")
+    for model, mean, std in (("scaled", 0.0, 0.353), ("centred", 0.286, 1.0)):
+        split, standardization = without_standardization(model)
+        assert split == plain and standardization == [pytest.approx([mean]), pytest.approx([std])]
+    assert {(m, s) for (method, m, s) in gap.GRID if m in gap.SPLIT_MODELS} == {
+        (m, s) for m in ("scaled", "centred") for s in (0, 1)}
     # The two split rows are the budget's own methods: its recommended recipe and RS-FGSM.
     budget_configs = runner.load_config_module("configs/fashion_mnist_budget.py")
     ours = gap.config_for("rs_fgsm", "plain", 0).method.to_dict()
