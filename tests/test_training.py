@@ -30,6 +30,34 @@ def test_seat_reduces_to_fgsm_at(make_tiny_cnn, toy_data):
         np.testing.assert_allclose(wa, wb, atol=1e-6)
 
 
+class _AlwaysCleanGradient(seat_tf.SEATModel):
+    """SEAT that computes grad_x l(x) (and so the linearity term, at weight lam) whatever lam is."""
+
+    clean_pass = "gradient"
+
+
+def test_seat_without_the_term_skips_the_clean_gradient_and_trains_the_same(make_tiny_cnn, toy_data):
+    """lam 0 in attack and objective: the step skips grad_x l(x) and logs no linearity error,
+    and its weights are those of the step that computes the term at weight 0."""
+    x, y = toy_data
+    a, b = _twin(make_tiny_cnn)
+    recipe = dict(epsilon=0.1, lam=0.0, seed=3, variant=dict(attack_steps=3, init="uniform", rel_step_size=0.5))
+    lean, full = seat_tf.SEATModel(a, **recipe), _AlwaysCleanGradient(b, **recipe)
+    assert lean.clean_pass == "value"
+    for wa, wb in zip(_one_step(lean, x, y), _one_step(full, x, y)):
+        np.testing.assert_allclose(wa, wb, atol=1e-6)
+    lean_logs = lean.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    full_logs = full.fit(x, y, batch_size=32, epochs=1, verbose=0).history
+    assert "linearity_error" not in lean_logs and "linearity_error" in full_logs
+    assert lean_logs["clean_accuracy"] == pytest.approx(full_logs["clean_accuracy"])
+    # Any weight on the term, in the attack or the objective, needs the clean gradient.
+    for lam, attack_lam in ((0.5, None), (0.0, 0.5), (0.5, 0.0)):
+        model = seat_tf.SEATModel(make_tiny_cnn(), lam=lam, variant=dict(attack_lam=attack_lam))
+        assert model.clean_pass == "gradient", (lam, attack_lam)
+    assert seat_tf.SEATModel(make_tiny_cnn(), lam=0.0, variant=dict(double_backprop=True)).clean_pass == (
+        "differentiable_gradient")
+
+
 def test_seat_step_differs_from_fgsm_when_regularized(make_tiny_cnn, toy_data):
     x, y = toy_data
     a, b = _twin(make_tiny_cnn)
