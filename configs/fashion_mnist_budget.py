@@ -23,7 +23,7 @@ machine with 30 steps x 5 rounds, docs/results/step_cost_attack_steps_elle_quiet
     seat_fl      0.276                    18
     seat_steps3  0.477 (3 attack steps; step_cost_attack_steps.json)   10
     seat_steps3u 0.477 (seat_steps3's 3 steps, of eps/2 from a uniform start)   10
-    seat_steps3u_lam0 0.477 (seat_steps3u without the linearity term: the same passes)   10
+    seat_steps3u_lam0 0.477 (seat_steps3u without the term; its runs' cost, 0.41 lean)   10
     seat_steps2u_lam0 0.31 (2 attack steps, step_cost_attack_steps_elle_quiet.json)   16
     seat_steps2u 0.31 (seat_steps2u_lam0 with lam 0.5)   16
     seat_steps4  0.56 (4 attack steps; step_cost_attack_steps_elle_quiet.json)   8
