@@ -19,7 +19,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "'seat-tf[tf]' (standard wheel) or 'seat-tf[cpu]' (CPU only)."
     ) from error
 
-from seat_tf import attacks, data, diagnostics, evaluation, export, losses, models, schedules  # noqa: E402
+from seat_tf import attacks, data, diagnostics, evaluation, export, losses, models, schedules, validation  # noqa: E402
 from seat_tf.attacks import APGD, FAB, CarliniWagnerL2, Composite, DeepFool, Square, get_attack  # noqa: E402
 from seat_tf.attacks import LinfPGD  # noqa: E402
 from seat_tf.data import load_dataset  # noqa: E402
@@ -82,5 +82,6 @@ __all__ = [
     "losses",
     "models",
     "schedules",
+    "validation",
     "write_report",
 ]

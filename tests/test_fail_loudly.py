@@ -408,3 +408,59 @@ def test_weighted_objectives_are_global_batch_means_under_mirrored_strategy(tmp_
     assert out["eps0_loss"] == pytest.approx(out["closed_form"], rel=1e-5)
     for name in ("seat", "seat_batch_flooded", "trades"):
         assert out[name]["weights"] < 1e-5 and out[name]["loss"] < 1e-5, (name, out[name])
+
+
+def _uncentred_warnings(fit):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit()
+    return [w for w in caught if issubclass(w.category, seat_tf.validation.UncenteredInputWarning)]
+
+
+def test_fit_warns_once_when_the_classifiers_first_layer_sees_uncentred_images(toy_data):
+    """A classifier without input centring trains measurably less robust (README, "SEAT on
+    your own classifier"): fit says so once, with the measured channel mean and the fix."""
+    from seat_tf.validation import first_layer_input_stats
+
+    x, y = toy_data
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    plain = seat_tf.models.small_cnn(input_shape=(8, 8, 1), num_classes=3, mean=(0.0,), std=(1.0,), width=4)
+    name, mean, std = first_layer_input_stats(plain, x)
+    assert name == "conv1" and mean == pytest.approx([x.mean()], rel=1e-5) and std == pytest.approx([x.std()], rel=1e-4)
+    model = seat_tf.SEATModel(plain, epsilon=0.05)
+    model.compile(optimizer="sgd")
+    (warning,) = _uncentred_warnings(lambda: model.fit(ds, epochs=1, verbose=0))
+    assert "'conv1'" in str(warning.message) and f"{x.mean():.3f}"[:4] in str(warning.message)
+    assert "seat_tf.models.standardize" in str(warning.message)
+    assert not _uncentred_warnings(lambda: model.fit(ds, epochs=1, verbose=0))  # once per model
+
+    # The same CNN standardized by the data's statistics, or with only the mean subtracted: silent.
+    for std_used in (x.std(), 1.0):
+        centred = seat_tf.models.small_cnn(input_shape=(8, 8, 1), num_classes=3, mean=(float(x.mean()),),
+                                           std=(float(std_used),), width=4)
+        model = seat_tf.FGSMATModel(centred, epsilon=0.05)
+        model.compile(optimizer="sgd")
+        assert not _uncentred_warnings(lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0))
+
+
+def test_no_centring_warning_where_a_normalization_follows_the_first_layer_or_the_graph_is_hidden(toy_data):
+    x, y = toy_data
+    inputs = keras.Input(shape=(8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    h = keras.layers.BatchNormalization()(h)  # removes the channel means the input's offset put there
+    h = keras.layers.Flatten()(keras.layers.ReLU()(h))
+    batch_normed = keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    # A classifier nested in another's graph: the probe cannot reach its first layer, so
+    # fit stays silent rather than guess.
+    inner = keras.Sequential([keras.Input(shape=(8, 8, 1)), keras.layers.Conv2D(4, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(3)])
+    outer_inputs = keras.Input(shape=(8, 8, 1))
+    nested = keras.Model(outer_inputs, inner(outer_inputs))
+
+    for classifier in (batch_normed, nested):
+        model = seat_tf.FGSMATModel(classifier, epsilon=0.05)
+        model.compile(optimizer="sgd")
+        assert not _uncentred_warnings(lambda: model.fit(x, y, batch_size=32, epochs=1, verbose=0))

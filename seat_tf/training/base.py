@@ -30,6 +30,7 @@ from seat_tf.validation import (  # noqa: F401
     check_eps,
     check_labels,
     model_expectations,
+    warn_if_uncentred,
 )
 
 CleanPass = collections.namedtuple("CleanPass", ["logits", "loss", "grad", "attack_grad"], defaults=[None])
@@ -191,8 +192,21 @@ class AdversarialModel(keras.Model):
             if weights.size and (not np.all(np.isfinite(weights)) or weights.min() < 0):
                 raise ValueError(f"{name}: sample weights must be finite and >= 0.")
 
+    def _warn_once_if_uncentred(self, x):
+        """UncenteredInputWarning on the first fit whose data shows the classifier's first
+        layer gets uncentred images (seat_tf.validation.warn_if_uncentred)."""
+        if getattr(self, "_centring_checked", False):
+            return
+        self._centring_checked = True
+        if isinstance(x, tf.data.Dataset):
+            for element in x.take(1):
+                x = element[0]
+        if hasattr(x, "shape") and len(x.shape) >= 2:
+            warn_if_uncentred(self.classifier, np.asarray(x[:256]))
+
     def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
         self._check_data(x, y, kwargs.get("sample_weight"))
+        self._warn_once_if_uncentred(x)
         if isinstance(validation_data, tf.data.Dataset):
             self._check_data(validation_data, None, name="validation data")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
