@@ -18,7 +18,10 @@ Per run it records training seconds per epoch (training only: validation and the
 are excluded, so every variant's clock counts the same thing), the CO monitor's PGD-10 / FGSM
 accuracy on 512 held-out test images after every epoch, and after training clean,
 PGD-50-10 and APGD-CE accuracy on the first 1000 test images. CO = the monitor flagged a
-collapse in some epoch (seat_tf.diagnostics.collapse_reasons: one rule for the library).
+collapse in some epoch (seat_tf.diagnostics.collapse_reasons: one rule for the library). The
+last column is the evaluation's own verdict: the per-example worst case over every attack it
+ran (Square among them) and the sanity checks that failed; a model whose gradients are masked
+shows it there while its PGD-50-10 looks fine.
 """
 
 import os
@@ -128,6 +131,7 @@ def summarize(runs):
             train_seconds=[r["train_seconds"] for r in group], clean=[r["clean"] for r in group],
             pgd50x10=robust("pgd50x10"), apgd_ce=robust("apgd-ce"),
             co=[r["co_epoch"] for r in group], diverged=[r["diverged"] for r in group],
+            worst_case=[r.get("worst_case") for r in group], failed_checks=[r.get("failed_checks") for r in group],
             notes=[f"seed {r['seed']}: {r['note']}" for r in group if r.get("note")],
             **diagnosis(group),
         ))
@@ -152,6 +156,22 @@ def diagnosis(group):
     return {key: [v for v in values if v is not None] for key, values in rows.items()}
 
 
+# Short names of the evaluation's failed sanity checks (seat_tf.evaluation.sanity) for the tables.
+CHECK_NAMES = {"black_box_not_stronger": "Square beats the gradient attacks",
+               "large_eps_accuracy_near_zero": "eps-0.5 PGD leaves > 5%",
+               "pgd_not_weaker_than_fgsm": "FGSM beats PGD", "more_iterations_not_weaker": "more steps help the model",
+               "within_budget": "outside the ball"}
+
+
+def evaluation_verdict(worst_case, failed_checks):
+    """One seed's cell: the worst case over all attacks and the failed checks ("-": a record
+    from before they were kept)."""
+    if failed_checks is None:
+        return "-"
+    checks = "; ".join(CHECK_NAMES.get(name, name) for name in failed_checks) or "checks pass"
+    return f"{worst_case:.3f}, {checks}" if worst_case is not None else checks
+
+
 def markdown(rows):
     """The tables of the report (one per mode and eps), best PGD-50-10 first."""
     def fmt(values, digits=3):
@@ -163,8 +183,8 @@ def markdown(rows):
             title = (f"equal epochs ({mode[6:]})" if mode.startswith("epochs") else
                      f"equal time budget (PGD-10-AT's 5 epochs{mode[6:] and ', ' + mode[7:]})")
             lines += [f"**eps {eps:g}, {title}**", "",
-                      "| method | seeds | epochs | train s | clean | PGD-50-10 | APGD-CE | CO |",
-                      "|---|---|---|---|---|---|---|---|"]
+                      "| method | seeds | epochs | train s | clean | PGD-50-10 | APGD-CE | CO | worst case, evaluation checks |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             selected = [row for row in rows if row["mode"] == mode and row["eps"] == eps]
             selected.sort(key=lambda row: -_mean(row["pgd50x10"]))
             notes = []
@@ -176,7 +196,10 @@ def markdown(rows):
                     marker = f" ({len(notes)})"
                 lines.append(f"| {row['variant']}{marker} | {','.join(map(str, row['seeds']))} | {row['epochs']} | "
                              f"{fmt(row['train_seconds'], 0)} | {fmt(row['clean'])} | {fmt(row['pgd50x10'])} | "
-                             f"{fmt(row['apgd_ce'])} | {co} |")
+                             f"{fmt(row['apgd_ce'])} | {co} | "
+                             + " / ".join(evaluation_verdict(w, f) for w, f in
+                                          zip(row.get("worst_case") or [None] * len(row["seeds"]),
+                                              row.get("failed_checks") or [None] * len(row["seeds"]))) + " |")
             lines += [""] + ([" ".join(notes), ""] if notes else [])
     lines += diagnosis_markdown(rows)
     return "\n".join(lines)

@@ -96,6 +96,11 @@ def record_of(config, history, report, seconds, divergence_events=()):
         robust={name: entry["robust_accuracy"] for name, entry in report["attacks"].items()},
         examples={name: entry["num_examples"] for name, entry in report["attacks"].items()},
         drift_epoch=report.get("drift_epoch"), switched_epoch=report.get("switched_epoch"),
+        # The evaluation's own verdict: the per-example worst case over every attack it ran and
+        # the sanity checks that failed (a black-box attack beating the gradient ones, ...).
+        worst_case=report.get("worst_case_accuracy"),
+        failed_checks=sorted(name for name, check in (report.get("sanity_checks") or {}).items()
+                             if not check.get("passed", True)),
     )
 
 

@@ -108,6 +108,13 @@ def test_summary_groups_seeds_orders_by_robustness_and_diagnoses_the_adversary()
     table = budget.markdown(budget.summarize([run("a", 0, 0.3), noted]))
     assert "| b (1) | 0 |" in table and "(1) b, seed 0: seconds not comparable" in table
     assert "| a | 0 |" in table
+    # The evaluation's verdict per seed: its worst case and the checks that failed (a masked
+    # model's PGD-50-10 must not stand alone); "-" for records from before they were kept.
+    masked = dict(run("a", 1, 0.6), worst_case=0.41, failed_checks=["black_box_not_stronger"])
+    sound = dict(run("a", 0, 0.5), worst_case=0.48, failed_checks=[])
+    table = budget.markdown(budget.summarize([sound, masked, run("b", 0, 0.45)]))
+    assert "| no, no | 0.480, checks pass / 0.410, Square beats the gradient attacks |" in table
+    assert "| b | 0 | 3 | 10 | 0.800 | 0.450 | 0.440 | no | - |" in table
 
 
 def test_plain_cnn_study_configs_and_their_identification():
