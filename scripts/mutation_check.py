@@ -179,7 +179,7 @@ MUTANTS = [
     ("baselines_gradalign_clean_grad_constant", BASELINES, "clean_pass = \"differentiable_gradient\"\n    logged_metrics = (\"grad_alignment\",)",
      "clean_pass = \"gradient\"\n    logged_metrics = (\"grad_alignment\",)"),
     ("seat_clean_pass_ignores_double_backprop", SEAT,
-     "return \"differentiable_gradient\" if self.variant.double_backprop else \"gradient\"", "return \"gradient\""),
+     "if self.variant.double_backprop:\n            return \"differentiable_gradient\"", "if False:\n            pass"),
     ("diag_switch_without_retrace", GUARD, "self.model.make_train_function(force=True)\n                self.switched_epoch",
      "self.switched_epoch", DIAG_TESTS),
     ("schedule_rises_over_all_steps", SCHEDULES, "(self.peak_lr - self.start_lr) * step / peak_step",

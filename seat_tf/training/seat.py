@@ -263,8 +263,9 @@ class SEATModel(AdversarialModel):
         variant = self.variant
         adv_logits = self.classify(x_adv, training=True)
         adv_loss = losses.cross_entropy(y, adv_logits)
+        flooded = self.flooded_mean(adv_loss, self.flood_level)
         if clean.grad is None:  # lam 0 everywhere: the flooded adversarial loss alone (clean_pass)
-            return self.flooded_mean(adv_loss, self.flood_level), {"adv_logits": adv_logits, "adv_loss": adv_loss}
+            return flooded, {"adv_logits": adv_logits, "adv_loss": adv_loss}
         clean_loss = clean.loss if variant.clean_loss_gradient else tf.stop_gradient(clean.loss)
         residual = losses.linearity_residual(adv_loss, clean_loss, x_adv - x, clean.grad)
         error = tf.abs(residual)
@@ -273,5 +274,5 @@ class SEATModel(AdversarialModel):
         else:
             clipped = error if variant.linearity_clip is None else tf.minimum(error, variant.linearity_clip)
             linearity = self.batch_mean(clipped)
-        loss = self.flooded_mean(adv_loss, self.flood_level) + self.lam * linearity
+        loss = flooded + self.lam * linearity
         return loss, {"adv_logits": adv_logits, "linearity_error": error, "adv_loss": adv_loss}
