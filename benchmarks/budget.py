@@ -197,9 +197,7 @@ def markdown(rows):
                 lines.append(f"| {row['variant']}{marker} | {','.join(map(str, row['seeds']))} | {row['epochs']} | "
                              f"{fmt(row['train_seconds'], 0)} | {fmt(row['clean'])} | {fmt(row['pgd50x10'])} | "
                              f"{fmt(row['apgd_ce'])} | {co} | "
-                             + " / ".join(evaluation_verdict(w, f) for w, f in
-                                          zip(row.get("worst_case") or [None] * len(row["seeds"]),
-                                              row.get("failed_checks") or [None] * len(row["seeds"]))) + " |")
+                             + " / ".join(map(evaluation_verdict, row["worst_case"], row["failed_checks"])) + " |")
             lines += [""] + ([" ".join(notes), ""] if notes else [])
     lines += diagnosis_markdown(rows)
     return "\n".join(lines)

@@ -75,8 +75,8 @@ VARIANTS = {
     # its linearity term. Its recorded runs computed the term at weight 0 (the cost and epochs of
     # seat_steps3u); since SEATModel skips grad_x l(x) at lam 0 it costs 0.41
     # (docs/results/step_cost_lean.json), which would give 12 epochs; 0.477 stays, so every
-    # recorded run has 10 (conservative: they use 0.86 of the budget). The budget's recommendation: within 1 point of PGD-10-AT at eps 0.1
-    # (+0.5 / +0.1) and within 3 at eps 0.2 (0.0 / -2.1; lam 0.5: -1.2 / -4.4), seeds 0 / 1; its
+    # recorded run has 10 (conservative: they use 0.86 of the budget). The budget's
+    # recommendation: within 1 point of PGD-10-AT at eps 0.1 (+0.5 / +0.1) and within 3 at eps 0.2 (0.0 / -2.1; lam 0.5: -1.2 / -4.4), seeds 0 / 1; its
     # runs ran as seat_steps3u with --options=lam=0.0.
     "seat_steps3u_lam0": (0.477, dict(STEPS3U, lam=0.0)),
     # Two margin-attack steps of 0.75 eps from a uniform start, no linearity term: the cheapest

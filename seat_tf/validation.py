@@ -111,12 +111,16 @@ def model_expectations(model):
 
 
 def check_dataset_head(dataset, num_classes=None, input_shape=None, name="dataset"):
-    """Checks the first batch of a tf.data pipeline of (images, labels[, weights])."""
+    """Checks the first batch of a tf.data pipeline of (images, labels[, weights]); returns its
+    images (None for an empty pipeline), so callers need not read the pipeline again."""
     spec = dataset.element_spec
     if not isinstance(spec, tuple) or len(spec) < 2:
         raise DataError(f"{name}: the dataset must yield (images, labels) pairs, got element_spec {spec}.")
     for element in dataset.take(1):
-        check_batch(element[0].numpy(), element[1].numpy(), num_classes, input_shape, name)
+        images = element[0].numpy()
+        check_batch(images, element[1].numpy(), num_classes, input_shape, name)
+        return images
+    return None
 
 
 def label_checker(num_classes, name):

@@ -220,6 +220,7 @@ def test_every_methods_training_attack_follows_the_warmup_eps(method, make_tiny_
         assert value <= reach * eps * step / warmup + 1e-6, (step, reached)
     assert reached[-1] > 0.5 * eps, reached  # at full eps the attack does move the images
 
+
 def test_seat_training_perturbation_respects_eps(make_tiny_cnn, toy_data):
     x, y = toy_data
     model = seat_tf.SEATModel(make_tiny_cnn(), epsilon=0.1)

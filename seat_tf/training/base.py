@@ -121,6 +121,7 @@ class AdversarialModel(keras.Model):
         self.seed = seed
         self.divergence_guard = bool(divergence_guard)
         self.divergence_guard_callback = None
+        self._centring_checked = False  # fit warns about an uncentred classifier input once
         # Stateless noise: seed (drawn from NumPy if None, so keras.utils.set_random_seed
         # makes runs reproducible) and the optimizer step; a resumed run replays the same noise.
         self._noise_seed = int(seed) if seed is not None else int(np.random.randint(0, 2**31 - 1))
@@ -175,14 +176,15 @@ class AdversarialModel(keras.Model):
 
     def _check_data(self, x, y, sample_weight=None, name="training data"):
         """Images, labels (range against this model's classes), shapes and sample weights of
-        the data entering fit / evaluate: a tf.data pipeline's first batch, arrays whole."""
+        the data entering fit / evaluate: a tf.data pipeline's first batch, arrays whole.
+        Returns the images it checked (the first batch, or up to 256), None if it saw none."""
         num_classes, input_shape = model_expectations(self)
         if isinstance(x, tf.data.Dataset):
-            check_dataset_head(x, num_classes, input_shape, name)
-            return
+            return check_dataset_head(x, num_classes, input_shape, name)
         if x is None or isinstance(x, (dict, list)) or not hasattr(x, "shape"):
-            return  # generators and PyDatasets are checked by Keras
-        check_batch(x[:256], None, num_classes, input_shape, name)
+            return None  # generators and PyDatasets are checked by Keras
+        head = x[:256]
+        check_batch(head, None, num_classes, input_shape, name)
         if y is not None:
             check_labels(y, num_classes, name)
             if len(np.asarray(y)) != len(x):
@@ -191,22 +193,15 @@ class AdversarialModel(keras.Model):
             weights = np.asarray(sample_weight, dtype=np.float64)
             if weights.size and (not np.all(np.isfinite(weights)) or weights.min() < 0):
                 raise ValueError(f"{name}: sample weights must be finite and >= 0.")
-
-    def _warn_once_if_uncentred(self, x):
-        """UncenteredInputWarning on the first fit whose data shows the classifier's first
-        layer gets uncentred images (seat_tf.validation.warn_if_uncentred)."""
-        if getattr(self, "_centring_checked", False):
-            return
-        self._centring_checked = True
-        if isinstance(x, tf.data.Dataset):
-            for element in x.take(1):
-                x = element[0]
-        if hasattr(x, "shape") and len(x.shape) >= 2:
-            warn_if_uncentred(self.classifier, np.asarray(x[:256]))
+        return head
 
     def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
-        self._check_data(x, y, kwargs.get("sample_weight"))
-        self._warn_once_if_uncentred(x)
+        images = self._check_data(x, y, kwargs.get("sample_weight"))
+        if images is not None and not self._centring_checked:
+            # Once per model, on the images just checked: UncenteredInputWarning if the
+            # classifier's first layer gets them uncentred (seat_tf.validation.warn_if_uncentred).
+            self._centring_checked = True
+            warn_if_uncentred(self.classifier, np.asarray(images))
         if isinstance(validation_data, tf.data.Dataset):
             self._check_data(validation_data, None, name="validation data")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
