@@ -80,12 +80,13 @@ def identify(saved):
     method = saved["method"]
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]
-    defaults = dict(paper.to_dict(), lam=lam, epsilon_warmup_steps=0)
+    defaults = dict(paper.to_dict(), lam=lam, epsilon_warmup_steps=0, first_layer_centring="off")
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
     # Each variant's wanted options are complete (every field, unnamed ones at the paper's
-    # values), so at most one variant matches and the order does not matter. "defaults" names no
+    # values), so at most one variant matches and the order does not matter. "defaults" (and
+    # "centring", the defaults with one option) names no
     # option, so this reading makes it "paper": it is not identified (the study does not run it).
-    for variant in (v for v in runner.load_config_module(CONFIG).VARIANTS if v != "defaults"):
+    for variant in (v for v in runner.load_config_module(CONFIG).VARIANTS if v not in ("defaults", "centring")):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}
         if config.diagnostics.get("on_drift", "warn") != on_drift:

@@ -153,28 +153,39 @@ def _flat_layers(model):
             yield layer
 
 
-def first_layer_input_stats(classifier, images):
-    """(layer name, per-channel mean, per-channel std) of what the classifier's first
-    convolution or dense layer receives on `images`; None if that cannot be read from the
-    model's graph (a subclassed model) or the layer is followed by a normalization."""
-    import keras
-
+def first_weighted_layer(classifier):
+    """(the classifier's first layer with a kernel, whether a normalization layer directly
+    follows it), or (None, False)."""
     layers = list(_flat_layers(classifier))
     for i, layer in enumerate(layers):
-        if getattr(layer, "kernel", None) is None:
-            continue
-        following = type(layers[i + 1]).__name__ if i + 1 < len(layers) else None
-        if following in _CENTRING_LAYERS:
-            return None
-        try:
-            (image_input,) = classifier.inputs
-            probe = keras.Model(image_input, layer.input)
-            seen = np.asarray(probe(np.asarray(images, np.float32)), np.float64)
-        except Exception:  # nested or subclassed graphs a probe model cannot reach
-            return None
-        axes = tuple(range(seen.ndim - 1))
-        return layer.name, seen.mean(axis=axes), seen.std(axis=axes)
-    return None
+        if getattr(layer, "kernel", None) is not None:
+            following = type(layers[i + 1]).__name__ if i + 1 < len(layers) else None
+            return layer, following in _CENTRING_LAYERS
+    return None, False
+
+
+def first_layer_input_stats(classifier, images):
+    """(layer, per-channel mean, per-channel std) of what the classifier's first convolution
+    or dense layer receives on `images`; None if that cannot be read from the model's graph (a
+    subclassed model) or the layer is followed by a normalization."""
+    import keras
+
+    layer, normalized = first_weighted_layer(classifier)
+    if layer is None or normalized:
+        return None
+    try:
+        (image_input,) = classifier.inputs
+        probe = keras.Model(image_input, layer.input)
+        seen = np.asarray(probe(np.asarray(images, np.float32)), np.float64)
+    except Exception:  # nested or subclassed graphs a probe model cannot reach
+        return None
+    axes = tuple(range(seen.ndim - 1))
+    return layer, seen.mean(axis=axes), seen.std(axis=axes)
+
+
+def is_uncentred(mean, std, max_mean_over_std=0.25):
+    """True if a channel's mean exceeds `max_mean_over_std` of its std."""
+    return bool(np.any(np.abs(mean) / np.maximum(std, 1e-8) > max_mean_over_std))
 
 
 def warn_if_uncentred(classifier, images, max_mean_over_std=0.25):
@@ -185,18 +196,19 @@ def warn_if_uncentred(classifier, images, max_mean_over_std=0.25):
     stats = first_layer_input_stats(classifier, images)
     if stats is None:
         return None
-    name, mean, std = stats
-    ratio = np.abs(mean) / np.maximum(std, 1e-8)
-    if not np.any(ratio > max_mean_over_std):
+    layer, mean, std = stats
+    if not is_uncentred(mean, std, max_mean_over_std):
         return None
+    name = layer.name
     message = (
         f"{classifier.name}: its first layer {name!r} sees uncentred inputs (channel mean "
         f"{np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()}). Adversarial training ends measurably less "
         "robust on such a classifier (Fashion-MNIST, eps 0.2: SEAT's PGD-20 4 points lower, and subtracting the "
         "mean alone recovers it; README, 'SEAT on your own classifier'). Put "
-        "seat_tf.models.standardize(mean, std) or keras.layers.Normalization first in the classifier: eps stays "
-        "in pixel units.")
+        "seat_tf.models.standardize(mean, std) or keras.layers.Normalization first in the classifier (eps stays "
+        "in pixel units), or train with first_layer_centring='auto' (SEATModel's default), which trains that layer "
+        "as if its input were centred and leaves the classifier's function as it is.")
     import warnings
 
-    warnings.warn(message, UncenteredInputWarning, stacklevel=3)
+    warnings.warn(message, UncenteredInputWarning, stacklevel=4)
     return message

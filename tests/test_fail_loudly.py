@@ -427,9 +427,9 @@ def test_fit_warns_once_when_the_classifiers_first_layer_sees_uncentred_images(t
     x, y = toy_data
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
     plain = seat_tf.models.small_cnn(input_shape=(8, 8, 1), num_classes=3, mean=(0.0,), std=(1.0,), width=4)
-    name, mean, std = first_layer_input_stats(plain, x)
-    assert name == "conv1" and mean == pytest.approx([x.mean()], rel=1e-5) and std == pytest.approx([x.std()], rel=1e-4)
-    model = seat_tf.SEATModel(plain, epsilon=0.05)
+    layer, mean, std = first_layer_input_stats(plain, x)
+    assert layer.name == "conv1" and mean == pytest.approx([x.mean()], rel=1e-5) and std == pytest.approx([x.std()], rel=1e-4)
+    model = seat_tf.SEATModel(plain, epsilon=0.05, first_layer_centring="off")  # SEAT's default centres instead
     model.compile(optimizer="sgd")
     (warning,) = _uncentred_warnings(lambda: model.fit(ds, epochs=1, verbose=0))
     assert "'conv1'" in str(warning.message) and f"{x.mean():.3f}"[:4] in str(warning.message)

@@ -23,12 +23,16 @@ import numpy as np
 import tensorflow as tf
 
 from seat_tf import attacks, keras_compat, losses, precision
+from seat_tf.training.centring import FirstLayerCentring, centrable_layer, check_centring
 from seat_tf.validation import (  # noqa: F401
     DataError,
     check_batch,
     check_dataset_head,
     check_eps,
     check_labels,
+    first_layer_input_stats,
+    first_weighted_layer,
+    is_uncentred,
     model_expectations,
     warn_if_uncentred,
 )
@@ -77,6 +81,13 @@ class AdversarialModel(keras.Model):
         or explodes, training warns, goes back to the last sound weights and stops. False
         turns this off; pass your own DivergenceGuard to change its settings. The guard of
         the last `fit` is `model.divergence_guard_callback` (its `events` say what happened).
+      first_layer_centring: "off" (this class's default), "auto" or per-channel means. With
+        "auto", the first `fit` measures what the classifier's first convolution or dense
+        layer receives on the first batch; if a channel's mean exceeds a quarter of its std,
+        that layer trains as if its input were centred (`seat_tf.training.centring`: the
+        optimizer sees the gradients of W (x - m) + c; the classifier's function is never
+        changed). Means given explicitly are used as they are. "off" warns instead
+        (`seat_tf.validation.UncenteredInputWarning`).
 
     Sample weights (`fit(..., sample_weight=...)`, `class_weight=...`, or a dataset of
     (x, y, w)) weight every method's objective and the logged metrics: global-batch
@@ -104,6 +115,7 @@ class AdversarialModel(keras.Model):
         attack_training=True,
         seed=None,
         divergence_guard=True,
+        first_layer_centring="off",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -121,7 +133,9 @@ class AdversarialModel(keras.Model):
         self.seed = seed
         self.divergence_guard = bool(divergence_guard)
         self.divergence_guard_callback = None
-        self._centring_checked = False  # fit warns about an uncentred classifier input once
+        self.first_layer_centring = check_centring(first_layer_centring)
+        self.centring = None  # the FirstLayerCentring the first fit set up, if any
+        self._centring_checked = False  # fit sets up centring (or warns) once per model
         # Stateless noise: seed (drawn from NumPy if None, so keras.utils.set_random_seed
         # makes runs reproducible) and the optimizer step; a resumed run replays the same noise.
         self._noise_seed = int(seed) if seed is not None else int(np.random.randint(0, 2**31 - 1))
@@ -163,6 +177,8 @@ class AdversarialModel(keras.Model):
             attack_training=self.attack_training,
             seed=self.seed,
             divergence_guard=self.divergence_guard,
+            first_layer_centring=(self.first_layer_centring if isinstance(self.first_layer_centring, str)
+                                  else list(self.first_layer_centring)),
         )
         return config
 
@@ -197,11 +213,9 @@ class AdversarialModel(keras.Model):
 
     def fit(self, x=None, y=None, *args, validation_data=None, callbacks=None, **kwargs):
         images = self._check_data(x, y, kwargs.get("sample_weight"))
-        if images is not None and not self._centring_checked:
-            # Once per model, on the images just checked: UncenteredInputWarning if the
-            # classifier's first layer gets them uncentred (seat_tf.validation.warn_if_uncentred).
+        if not self._centring_checked:
             self._centring_checked = True
-            warn_if_uncentred(self.classifier, np.asarray(images))
+            self.centring = self._set_up_centring(images)
         if isinstance(validation_data, tf.data.Dataset):
             self._check_data(validation_data, None, name="validation data")
         elif isinstance(validation_data, (tuple, list)) and len(validation_data) >= 2:
@@ -221,6 +235,27 @@ class AdversarialModel(keras.Model):
         # over the replicas (seat_tf.keras_compat, fix 1); idempotent, version-guarded.
         keras_compat.apply()
         return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
+
+    def _set_up_centring(self, images):
+        """The first fit's FirstLayerCentring (or None), from `first_layer_centring` and the
+        images just checked; "off" and a layer it cannot reparametrize warn instead
+        (seat_tf.validation.warn_if_uncentred)."""
+        mode = self.first_layer_centring
+        if not isinstance(mode, str):  # explicit means: the user asked, so fail loudly
+            layer, _ = first_weighted_layer(self.classifier)
+            if layer is None or not centrable_layer(layer):
+                raise ValueError(f"first_layer_centring={list(mode)}: the classifier's first weighted layer "
+                                 f"{getattr(layer, 'name', None)!r} is not a trainable Dense or Conv layer with a "
+                                 "bias, so it cannot be trained centred.")
+            return FirstLayerCentring(layer, mode)
+        if images is None:
+            return None
+        images = np.asarray(images)
+        stats = first_layer_input_stats(self.classifier, images) if mode == "auto" else None
+        if stats is not None and is_uncentred(stats[1], stats[2]) and centrable_layer(stats[0]):
+            return FirstLayerCentring(stats[0], stats[1])
+        warn_if_uncentred(self.classifier, images)
+        return None
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
         self._check_data(x, y, kwargs.get("sample_weight"), name="evaluation data")
@@ -361,7 +396,10 @@ class AdversarialModel(keras.Model):
                 "abs_of_batch_mean, so it cannot honour sample_weight or class_weight; train without them "
                 "or build the objective with those reductions.")
         grads = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(grads, variables)
+        if self.centring is not None:  # the first layer trains as if centred (first_layer_centring)
+            self.centring.apply(self.optimizer, grads, variables, self.distribute_strategy)
+        else:
+            self.optimizer.apply(grads, variables)
         return self._update_train_metrics(x, y, loss, clean, logs, weights)
 
     def _update_train_metrics(self, x, y, loss, clean, logs, weights=None):
