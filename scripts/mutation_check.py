@@ -46,6 +46,8 @@ SCHEDULES, GUARD = "seat_tf/schedules.py", "seat_tf/diagnostics/guard.py"
 NORM, SMALL_CNN = "seat_tf/models/normalization.py", "seat_tf/models/small_cnn.py"
 PREACT, DATA = "seat_tf/models/preact_resnet.py", "seat_tf/data.py"
 VALIDATION, RANDOMNESS = "seat_tf/validation.py", "seat_tf/attacks/randomness.py"
+CENTRING = "seat_tf/training/centring.py"
+CENTRING_TESTS = ("tests/test_centring.py",)
 
 # The evaluation side: each group runs in well under a minute.
 SUITE_TESTS = ("tests/test_attack_suite.py",)
@@ -67,6 +69,20 @@ DATA_TESTS = ("tests/test_data.py",
 
 # (name, file, text, replacement[, tests]): the text must occur exactly once in the file.
 MUTANTS = [
+    # First-layer centring: the reparametrization's gradient, the bias that follows c, SEAT's
+    # default and auto's threshold, the update under replicas.
+    ("centring_gradient_sign", CENTRING, "grads[kernel] - self._column", "grads[kernel] + self._column", CENTRING_TESTS),
+    ("centring_bias_not_shifted", CENTRING, "self.bias_shift(kernel_before), strategy)",
+     "0.0 * self.bias_shift(kernel_before), strategy)", CENTRING_TESTS),
+    ("centring_bias_shift_sign", CENTRING, "return -tf.reduce_sum(moved", "return tf.reduce_sum(moved", CENTRING_TESTS),
+    ("centring_shift_by_new_kernel", CENTRING, "moved = tf.convert_to_tensor(self.layer.kernel) - kernel_before",
+     "moved = tf.convert_to_tensor(self.layer.kernel)", CENTRING_TESTS),
+    ("centring_auto_ignores_threshold", BASE, "if stats is not None and is_uncentred(stats[1], stats[2]) and",
+     "if stats is not None and", CENTRING_TESTS),
+    ("seat_default_centring_off", SEAT, 'kwargs.setdefault("first_layer_centring", "auto")',
+     'kwargs.setdefault("first_layer_centring", "off")', CENTRING_TESTS),
+    ("centring_bias_update_per_replica", CENTRING, "tf.__internal__.distribute.interim.maybe_merge_call(update, strategy, delta)",
+     "variable.assign_add(delta)", CENTRING_TESTS + TWO_REPLICAS),
     # A hard-coded lam, the residual's reductions and inputs inside the attack, the warm-up's eps
     # reaching the attack, the flood level under replicas, the fourth CO rule's direction.
     ("seat_objective_lam_hardcoded", SEAT, "+ self.lam * linearity", "+ 0.5 * linearity"),
