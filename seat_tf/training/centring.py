@@ -110,7 +110,9 @@ def _add_to_variable(variable, delta, strategy):
     """variable += delta from a train step, through the strategy as Keras' optimizers update
     (every replica computed the same delta from the synchronized kernel)."""
 
+    target = getattr(variable, "value", variable)  # the tf.Variable under a Keras variable, as Keras passes it
+
     def update(distribution, value):
-        distribution.extended.update(variable, lambda var, d: var.assign_add(d), args=(value,), group=False)
+        distribution.extended.update(target, lambda var, d: var.assign_add(d), args=(value,), group=False)
 
     tf.__internal__.distribute.interim.maybe_merge_call(update, strategy, delta)
