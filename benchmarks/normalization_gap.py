@@ -130,8 +130,8 @@ def summarize_split(records):
 def split_markdown(rows):
     if not rows:
         return ""
-    lines = ["", "SEAT's defaults on the normalization's two halves apart (scaled: x / 0.353 in the model; "
-             "centred: x - 0.286):", "",
+    lines = ["", "SEAT's defaults of 0.1 (no first-layer centring) on the normalization's two halves apart "
+             "(scaled: x / 0.353 in the model; centred: x - 0.286):", "",
              "| seed | plain | scaled | centred | normalized | gap closed by scaling | by centring |",
              "|---|---|---|---|---|---|---|"]
     share = lambda v: "n/a" if v is None else f"{100 * v:.0f}%"  # noqa: E731

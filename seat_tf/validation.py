@@ -203,8 +203,8 @@ def warn_if_uncentred(classifier, images, max_mean_over_std=0.25):
     message = (
         f"{classifier.name}: its first layer {name!r} sees uncentred inputs (channel mean "
         f"{np.round(mean, 3).tolist()}, std {np.round(std, 3).tolist()}). Adversarial training ends measurably less "
-        "robust on such a classifier (Fashion-MNIST, eps 0.2: SEAT's PGD-20 4 points lower, and subtracting the "
-        "mean alone recovers it; README, 'SEAT on your own classifier'). Put "
+        "robust on such a classifier (Fashion-MNIST, eps 0.2: SEAT's PGD-20 4 points lower, PGD-10-AT's 2, and "
+        "subtracting the mean alone recovers SEAT's; README, 'SEAT on your own classifier'). Put "
         "seat_tf.models.standardize(mean, std) or keras.layers.Normalization first in the classifier (eps stays "
         "in pixel units), or train with first_layer_centring='auto' (SEATModel's default), which trains that layer "
         "as if its input were centred and leaves the classifier's function as it is.")

@@ -119,15 +119,28 @@ def test_centring_setting_round_trips_and_bad_values_fail_loudly():
     for bad in ("sometimes", (), (float("nan"),), 3):
         with pytest.raises(ValueError, match="first_layer_centring"):
             seat_tf.SEATModel(_classifier("dense"), first_layer_centring=bad)
-    x, y = _data()
+    # Explicit means are checked when the model is built, before anything trains.
     with pytest.raises(ValueError, match="2 channel means"):  # the dense layer has 36 inputs
-        model = seat_tf.SEATModel(_classifier("dense"), epsilon=0.1, first_layer_centring=(0.2, 0.3))
-        model.compile(optimizer="adam")
-        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        seat_tf.SEATModel(_classifier("dense"), epsilon=0.1, first_layer_centring=(0.2, 0.3))
     inputs = keras.Input(shape=(6, 6, 1))
     no_bias = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(
         keras.layers.Conv2D(2, 3, use_bias=False)(inputs))))
     with pytest.raises(ValueError, match="bias"):
-        model = seat_tf.SEATModel(no_bias, epsilon=0.1, first_layer_centring=(0.2,))
-        model.compile(optimizer="adam")
-        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        seat_tf.SEATModel(no_bias, epsilon=0.1, first_layer_centring=(0.2,))
+
+
+def test_explicit_means_also_centre_train_on_batch():
+    """train_on_batch does not pass through fit: explicit means still apply there."""
+    x, y = _data()
+    centre = 0.3
+    raw, twin = _classifier("dense"), _classifier("dense", centre=centre)
+    first = raw.get_layer("first")
+    twin.get_layer("first").set_weights([first.kernel.numpy(), _folded_bias(*first.get_weights(), centre)])
+    twin.layers[-1].set_weights(raw.layers[-1].get_weights())
+    models = [seat_tf.SEATModel(c, epsilon=0.1, seed=3, val_attack=None, first_layer_centring=setting)
+              for c, setting in ((raw, (centre,)), (twin, "off"))]
+    for model in models:
+        model.compile(optimizer=keras.optimizers.Adam(0.01))
+        for _ in range(3):
+            model.train_on_batch(x[:16], y[:16])
+    np.testing.assert_allclose(raw.predict(x, verbose=0), twin.predict(x, verbose=0), atol=2e-4)

@@ -134,7 +134,9 @@ class AdversarialModel(keras.Model):
         self.divergence_guard = bool(divergence_guard)
         self.divergence_guard_callback = None
         self.first_layer_centring = check_centring(first_layer_centring)
-        self.centring = None  # the FirstLayerCentring the first fit set up, if any
+        # The FirstLayerCentring in use, if any: explicit means from the start (so train_on_batch
+        # honours them too), "auto" from the first fit's data.
+        self.centring = None if isinstance(self.first_layer_centring, str) else self._explicit_centring()
         self._centring_checked = False  # fit sets up centring (or warns) once per model
         # Stateless noise: seed (drawn from NumPy if None, so keras.utils.set_random_seed
         # makes runs reproducible) and the optimizer step; a resumed run replays the same noise.
@@ -236,22 +238,26 @@ class AdversarialModel(keras.Model):
         keras_compat.apply()
         return super().fit(x, y, *args, validation_data=validation_data, callbacks=callbacks, **kwargs)
 
+    def _explicit_centring(self):
+        """The FirstLayerCentring of explicit channel means: the user asked, so fail loudly."""
+        layer, _ = first_weighted_layer(self.classifier)
+        if layer is None or not centrable_layer(layer):
+            raise ValueError(f"first_layer_centring={list(self.first_layer_centring)}: the classifier's first weighted "
+                             f"layer {getattr(layer, 'name', None)!r} is not a trainable Dense or Conv layer with a "
+                             "bias, so it cannot be trained centred.")
+        return FirstLayerCentring(layer, self.first_layer_centring)
+
     def _set_up_centring(self, images):
-        """The first fit's FirstLayerCentring (or None), from `first_layer_centring` and the
-        images just checked; "off" and a layer it cannot reparametrize warn instead
+        """The centring of the first fit: explicit means as given; for "auto", a
+        FirstLayerCentring on the first batch's channel means where they are uncentred. "off",
+        and "auto" on a layer it cannot reparametrize, warn instead
         (seat_tf.validation.warn_if_uncentred)."""
-        mode = self.first_layer_centring
-        if not isinstance(mode, str):  # explicit means: the user asked, so fail loudly
-            layer, _ = first_weighted_layer(self.classifier)
-            if layer is None or not centrable_layer(layer):
-                raise ValueError(f"first_layer_centring={list(mode)}: the classifier's first weighted layer "
-                                 f"{getattr(layer, 'name', None)!r} is not a trainable Dense or Conv layer with a "
-                                 "bias, so it cannot be trained centred.")
-            return FirstLayerCentring(layer, mode)
+        if not isinstance(self.first_layer_centring, str):
+            return self.centring
         if images is None:
             return None
         images = np.asarray(images)
-        stats = first_layer_input_stats(self.classifier, images) if mode == "auto" else None
+        stats = first_layer_input_stats(self.classifier, images) if self.first_layer_centring == "auto" else None
         if stats is not None and is_uncentred(stats[1], stats[2]) and centrable_layer(stats[0]):
             return FirstLayerCentring(stats[0], stats[1])
         warn_if_uncentred(self.classifier, images)
