@@ -104,6 +104,8 @@ MUTANTS = [
      "x_adv = tf.stop_gradient(self.perturb(x, y, self.epsilon, clean))",
      MATHS_TESTS + ("tests/test_training.py::test_every_methods_training_attack_follows_the_warmup_eps",)),
     ("base_flood_level_per_replica", BASE, "+ level / _num_replicas()", "+ level", MATHS_TESTS + TWO_REPLICAS),
+    ("diag_masking_gap_direction", MONITORS, "pgd - blackbox > max_masking_gap", "blackbox - pgd > max_masking_gap",
+     DIAG_TESTS),
     ("diag_train_gap_direction", MONITORS, "train - pgd > max_train_gap", "pgd - train > max_train_gap", DIAG_TESTS),
     ("losses_margin_min_other", LOSSES, "best_other = tf.reduce_max(", "best_other = tf.reduce_min("),
     ("losses_ce_on_probs", LOSSES, "labels=labels, logits=_as_float32(logits))", "labels=labels, logits=tf.nn.softmax(_as_float32(logits)))"),

@@ -135,7 +135,9 @@ def diagnostics_config():
         `linearity_every_n_steps` steps if > 0) with `linearity_steps` search steps;
       co_monitor: catastrophic-overfitting monitor, `co_attack` vs FGSM accuracy; `co_action`
         warn | stop | restore; rule thresholds co_max_drop, co_max_gap, co_min_pgd_accuracy,
-        co_max_train_gap (None turns a rule off; `diagnostics.collapse_reasons`); restore
+        co_max_train_gap, co_max_masking_gap (None turns a rule off; `diagnostics.collapse_reasons`);
+        co_blackbox_attack (e.g. "square100"; None: off) adds a gradient-free attack, and with
+        it the gradient-masking rule; restore
         multiplies the learning rate by co_lr_factor and the attack step by co_step_factor;
       divergence_guard (on by default): `diagnostics.DivergenceGuard`, restores the last good
         weights (and lowers the learning rate) when the loss goes non-finite or the linearity
@@ -157,6 +159,8 @@ def diagnostics_config():
             co_max_gap=0.4,
             co_min_pgd_accuracy=placeholder(float),
             co_max_train_gap=0.5,
+            co_blackbox_attack=placeholder(str),
+            co_max_masking_gap=0.1,
             co_lr_factor=0.5,
             co_step_factor=0.5,
             co_max_restores=3,

@@ -63,6 +63,7 @@ def validate(config):
         if epsilon <= 0:
             raise ValueError("The diagnostics monitors need method.epsilon > 0.")
         attacks.get_attack(diag.co_attack)
+        attacks.get_attack(diag.get("co_blackbox_attack"))
 
 
 def method_constructor(config):
@@ -198,7 +199,8 @@ def build_monitors(config, workdir=None):
             max_gap=diag.co_max_gap, min_pgd_accuracy=diag.co_min_pgd_accuracy,
             max_train_gap=diag.co_max_train_gap, lr_factor=diag.co_lr_factor,
             step_factor=diag.co_step_factor, max_restores=diag.co_max_restores, linearity_steps=diag.linearity_steps,
-            log_path=os.path.join(workdir, "co_monitor.json") if workdir else None, seed=config.seed))
+            log_path=os.path.join(workdir, "co_monitor.json") if workdir else None, seed=config.seed,
+            blackbox_attack=diag.get("co_blackbox_attack"), max_masking_gap=diag.get("co_max_masking_gap", 0.1)))
     return monitors
 
 

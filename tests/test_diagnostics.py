@@ -587,3 +587,51 @@ def test_divergence_guard_rejects_bad_settings():
         DivergenceGuard(on_drift="double_backprop", drift_factor=None)
     with pytest.raises(ValueError, match="good_factor"):
         DivergenceGuard(factor=10.0, good_factor=20.0)
+
+
+def test_collapse_rule_flags_gradient_masking_against_a_gradient_free_attack():
+    """The eps-0.3 stretch run of 3 epochs (seed 0): PGD-10 0.696, 100 Square queries 0.560 on
+    500 test images; the 2-epoch run that did not mask stays under the gap."""
+    record = dict(pgd_accuracy=0.696, fgsm_accuracy=0.75, blackbox_accuracy=0.560)
+    (reason,) = diagnostics.collapse_reasons(record, 0.6)
+    assert "gradient masking" in reason and "0.136" in reason
+    assert diagnostics.collapse_reasons(record, 0.6, max_masking_gap=None) == []
+    assert diagnostics.collapse_reasons(record, 0.6, max_masking_gap=0.2) == []
+    assert diagnostics.collapse_reasons(dict(record, blackbox_accuracy=0.65), 0.6) == []
+    assert diagnostics.collapse_reasons(dict(record, blackbox_accuracy=None), 0.6) == []
+
+
+def _tempered_linear(temperature):
+    """A fixed linear classifier on 4x4 images whose logits are multiplied by `temperature`:
+    at 1e4 the softmax saturates in float32, so cross-entropy gradients vanish exactly (the
+    textbook gradient masking) while the function's decisions stay those of temperature 1."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input(shape=(4, 4, 1))
+    dense = keras.layers.Dense(2)
+    logits = keras.layers.Rescaling(temperature)(dense(keras.layers.Flatten()(inputs)))
+    model = keras.Model(inputs, logits)
+    dense.set_weights([rng.choice([-1.0, 1.0], size=(16, 2)).astype(np.float32), np.zeros(2, np.float32)])
+    return model
+
+
+def test_co_monitor_catches_gradient_masking_that_pgd_rules_cannot_see():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.3, 0.7, (128, 4, 4, 1)).astype(np.float32)
+    clean = _tempered_linear(1.0)
+    y = np.argmax(clean.predict(x, verbose=0), axis=-1).astype(np.int32)  # every example correct
+    eps = 0.25  # large enough that PGD leaves nothing on the untempered model (asserted below)
+    results = {}
+    for temperature in (1.0, 1e4):
+        monitor = diagnostics.CatastrophicOverfittingMonitor(x, y, eps, attack="pgd10", blackbox_attack="square100")
+        monitor.set_model(_tempered_linear(temperature))
+        logs = {}
+        monitor.on_epoch_end(0, logs)
+        results[temperature] = (monitor.records[0], logs)
+    honest, _ = results[1.0]
+    assert honest["pgd_accuracy"] == 0.0 and not honest["collapsed"]
+    masked, logs = results[1e4]
+    # Same decisions, but PGD's gradients are gone: it leaves most examples standing, where
+    # the gradient-free attack (forward passes only) still breaks them.
+    assert masked["pgd_accuracy"] > 0.5 and masked["blackbox_accuracy"] < 0.2
+    assert masked["collapsed"] and any("gradient masking" in r for r in masked["reasons"])
+    assert logs["co_blackbox_accuracy"] == pytest.approx(masked["blackbox_accuracy"]) and logs["co_collapsed"] == 1.0
