@@ -82,14 +82,20 @@ def identify(saved):
                          "benchmarks.normalization_gap's split) is not one of this study's.")
     model = "plain" if std == (1.0,) else "norm"
     method = saved["method"]
+    entry = (model, method["epsilon"], saved["epochs"], saved["seed"])
+    if method.get("name") == "seat" and "preset" not in method:
+        # SEATModel's own defaults (no preset): "centring" is the only such variant the study
+        # runs ("defaults" is the normalization-gap benchmark's).
+        if set(method) <= {"name", "epsilon", "first_layer_centring"} and method.get("first_layer_centring") == "auto":
+            return entry[0], "centring", *entry[1:]
+        raise ValueError(f"No study variant matches {method}.")
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]
     defaults = dict(paper.to_dict(), lam=lam, epsilon_warmup_steps=0, first_layer_centring="off")
     on_drift = (saved.get("diagnostics") or {}).get("on_drift", "warn")
     # Each variant's wanted options are complete (every field, unnamed ones at the paper's
-    # values), so at most one variant matches and the order does not matter. "defaults" (and
-    # "centring", the defaults with one option) names no
-    # option, so this reading makes it "paper": it is not identified (the study does not run it).
+    # values), so at most one variant matches and the order does not matter. "defaults" and
+    # "centring" name no preset (handled above).
     for variant in (v for v in runner.load_config_module(CONFIG).VARIANTS if v not in ("defaults", "centring")):
         config = config_for(model, variant, method["epsilon"], saved["epochs"], saved["seed"])
         wanted = {**defaults, **{k: v for k, v in config.method.to_dict().items() if k != "preset"}}

@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+import seat_tf
+
 from benchmarks import budget
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +125,14 @@ def test_plain_cnn_study_configs_and_their_identification():
 
     plain = plain_cnn.config_for("plain", "ncg", 0.3, 10, 1)
     assert (plain.model.mean, plain.model.std) == ((0.0,), (1.0,))
-    assert plain.method.to_dict() == dict(name="seat", epsilon=0.3, preset="paper", clean_loss_gradient=False)
+    # The study's recorded variants pin first-layer centring off (they predate it); "centring" is
+    # SEATModel's defaults now.
+    assert plain.method.to_dict() == dict(name="seat", epsilon=0.3, preset="paper", clean_loss_gradient=False,
+                                          first_layer_centring="off")
+    assert plain_cnn.config_for("plain", "centring", 0.3, 10, 0).method.to_dict() == dict(
+        name="seat", epsilon=0.3, first_layer_centring="auto")
+    assert experiment.build_model(plain_cnn.config_for("plain", "centring", 0.3, 10, 0), total_steps=10).get_config()[
+        "first_layer_centring"] == seat_tf.SEATModel(seat_tf.models.small_cnn()).first_layer_centring
     assert (plain.epochs, plain.seed, plain.dataset.train_limit) == (10, 1, 30_000)
     assert "mean" not in plain_cnn.config_for("norm", "paper", 0.2, 5, 0).model
     for entry in plain_cnn.STUDY:
@@ -233,7 +242,12 @@ def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
     assert seat["mean_gap"] == pytest.approx(0.03) and seat["sd_gap"] == pytest.approx(0.02 / math.sqrt(2))
     assert not seat["all_within"] and rows["pgd_at"]["all_within"] and rows["pgd_at"]["sd_gap"] is None
     table = gap.markdown(list(rows.values()))
-    assert "| SEAT defaults | 0 | 0.4600 | 0.5000 | +4.0 |" in table and "**+3.0** (sd 1.4)" in table
+    assert "| SEAT defaults of 0.1 (no centring) | 0 | 0.4600 | 0.5000 | +4.0 |" in table and "**+3.0** (sd 1.4)" in table
+    # The centring defaults run on the plain CNN only; their partner is the normalized defaults.
+    rows = {row["method"]: row for row in gap.summarize(records + [rec("centring", "plain", 1, 0.485)])}
+    assert rows["centring"]["seeds"] == [1] and rows["centring"]["gaps"] == pytest.approx([0.005])
+    assert rows["centring"]["all_within"]
+    assert ("centring", "norm", 0) not in gap.GRID and ("centring", "plain", 3) in gap.GRID
     assert "PGD-20 on 10000 test images" in table
     # The normalization's halves apart: a seed counts once all four CNNs of the defaults are in.
     split = records + [rec("defaults", "scaled", 0, 0.49), rec("defaults", "centred", 0, 0.47),
@@ -271,6 +285,8 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     budget_configs = runner.load_config_module("configs/fashion_mnist_budget.py")
     ours = gap.config_for("rs_fgsm", "plain", 0).method.to_dict()
     theirs = budget_configs.get_config("rs_fgsm").method.to_dict()
+    # (The study names first-layer centring "off" for every recorded variant: a baseline's default.)
+    assert ours.pop("first_layer_centring") == "off" == seat_tf.RSFGSMModel(seat_tf.models.small_cnn()).first_layer_centring
     assert {k: v for k, v in ours.items() if k != "epsilon"} == {k: v for k, v in theirs.items() if k != "epsilon"}
     ours = experiment.build_model(gap.config_for("ncg_steps3u_lam0", "plain", 0), total_steps=10)
     theirs = experiment.build_model(budget_configs.get_config("seat_steps3u_lam0"), total_steps=10)
@@ -288,7 +304,7 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     readme = tmp_path / "README.md"
     readme.write_text("<!-- normalization-gap-table:start -->\nstale\n<!-- normalization-gap-table:end -->\n")
     table = gap.write_report(out, readme=str(readme))
-    assert "| SEAT defaults | 0 |" in table and "stale" not in readme.read_text()
+    assert "| SEAT defaults of 0.1 (no centring) | 0 |" in table and "stale" not in readme.read_text()
     assert os.path.getsize(os.path.join(out, "normalization_gap.png")) > 1000
 
 
