@@ -228,9 +228,9 @@ def test_every_committed_record_is_its_variant_s_config():
 def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
     from benchmarks import normalization_gap as gap
 
-    def rec(method, model, seed, pgd20):
+    def rec(method, model, seed, pgd20, eps=0.2):
         return dict(variant=method, model=model, seed=seed, robust={"pgd20": pgd20}, clean=0.8,
-                    examples={"pgd20": 10000})
+                    examples={"pgd20": 10000}, eps=eps)
 
     records = [rec("defaults", "plain", 0, 0.46), rec("defaults", "norm", 0, 0.50),
                rec("defaults", "plain", 1, 0.47), rec("defaults", "norm", 1, 0.49),
@@ -247,7 +247,14 @@ def test_normalization_gap_summary_pairs_seeds_and_judges_the_3_points():
     rows = {row["method"]: row for row in gap.summarize(records + [rec("centring", "plain", 1, 0.485)])}
     assert rows["centring"]["seeds"] == [1] and rows["centring"]["gaps"] == pytest.approx([0.005])
     assert rows["centring"]["all_within"]
-    assert ("centring", "norm", 0) not in gap.GRID and ("centring", "plain", 3) in gap.GRID
+    assert ("centring", "norm", 0, 0.2) not in gap.GRID and ("centring", "plain", 3, 0.2) in gap.GRID
+    # eps 0.3 records pair among themselves, never with eps 0.2's.
+    at03 = [rec("centring", "plain", 0, 0.34, 0.3), rec("defaults", "norm", 0, 0.36, 0.3),
+            rec("defaults", "plain", 1, 0.30, 0.3)]
+    rows03 = {row["method"]: row for row in gap.summarize(records + at03, eps=0.3)}
+    assert sorted(rows03) == ["centring"] and rows03["centring"]["gaps"] == pytest.approx([0.02])
+    assert {row["method"]: row["seeds"] for row in gap.summarize(records + at03)}["defaults"] == [0, 1]
+    assert gap.key("defaults", "norm", 1, 0.3) == "norm_defaults_eps0.3_s1" and gap.key("defaults", "norm", 1) == "norm_defaults_s1"
     assert "PGD-20 on 10000 test images" in table
     # The normalization's halves apart: a seed counts once all four CNNs of the defaults are in.
     split = records + [rec("defaults", "scaled", 0, 0.49), rec("defaults", "centred", 0, 0.47),
@@ -263,9 +270,12 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     from benchmarks import normalization_gap as gap, plain_cnn, runner
     from seat_tf import experiment
 
-    for method, model in ((method, model) for method in gap.METHODS for model in ("plain", "norm")):
-        config = gap.config_for(method, model, 3)
-        study = plain_cnn.config_for(model, method, 0.2, 5, 3)
+    entries = [(method, model, 3, 0.2) for method in gap.METHODS for model in ("plain", "norm")]
+    entries += [(method, model, seed, eps) for method, model, seed, eps in gap.GRID if eps == 0.3]
+    assert len(entries) == 2 * len(gap.METHODS) + 4
+    for method, model, seed, eps in entries:
+        config = gap.config_for(method, model, seed, eps=eps)
+        study = plain_cnn.config_for(model, method, eps, {0.2: 5, 0.3: 10}[eps], seed)
         assert config.dataset.test_limit is None and study.dataset.test_limit == 1000
         config.dataset.test_limit = study.dataset.test_limit
         assert experiment.to_dict(config) == experiment.to_dict(study)  # nothing else differs
@@ -279,7 +289,7 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
     for model, mean, std in (("scaled", 0.0, 0.353), ("centred", 0.286, 1.0)):
         split, standardization = without_standardization(model)
         assert split == plain and standardization == [pytest.approx([mean]), pytest.approx([std])]
-    assert {(m, s) for (method, m, s) in gap.GRID if m in gap.SPLIT_MODELS} == {
+    assert {(m, s) for (method, m, s, eps) in gap.GRID if m in gap.SPLIT_MODELS} == {
         (m, s) for m in ("scaled", "centred") for s in (0, 1)}
     # The two split rows are the budget's own methods: its recommended recipe and RS-FGSM.
     budget_configs = runner.load_config_module("configs/fashion_mnist_budget.py")
@@ -299,7 +309,7 @@ def test_normalization_gap_runs_the_study_recipe_on_every_test_image(tmp_path, f
 
     out = str(tmp_path / "gap")
     for model in ("plain", "norm"):
-        record = gap.run_one("defaults", model, 0, out, smoke=True, dataset=fake_fmnist_npz)
+        record = gap.run_one("defaults", model, 0, 0.2, out, smoke=True, dataset=fake_fmnist_npz)
         assert record["examples"]["pgd20"] <= 64 and record["model"] == model
     readme = tmp_path / "README.md"
     readme.write_text("<!-- normalization-gap-table:start -->\nstale\n<!-- normalization-gap-table:end -->\n")
