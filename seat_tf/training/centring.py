@@ -109,7 +109,6 @@ class FirstLayerCentring:
 def _add_to_variable(variable, delta, strategy):
     """variable += delta from a train step, through the strategy as Keras' optimizers update
     (every replica computed the same delta from the synchronized kernel)."""
-
     target = getattr(variable, "value", variable)  # the tf.Variable under a Keras variable, as Keras passes it
 
     def update(distribution, value):
