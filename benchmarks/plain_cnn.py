@@ -82,12 +82,11 @@ def identify(saved):
                          "benchmarks.normalization_gap's split) is not one of this study's.")
     model = "plain" if std == (1.0,) else "norm"
     method = saved["method"]
-    entry = (model, method["epsilon"], saved["epochs"], saved["seed"])
     if method.get("name") == "seat" and "preset" not in method:
         # SEATModel's own defaults (no preset): "centring" is the only such variant the study
         # runs ("defaults" is the normalization-gap benchmark's).
         if set(method) <= {"name", "epsilon", "first_layer_centring"} and method.get("first_layer_centring") == "auto":
-            return entry[0], "centring", *entry[1:]
+            return model, "centring", method["epsilon"], saved["epochs"], saved["seed"]
         raise ValueError(f"No study variant matches {method}.")
     # Options a saved config does not name took the paper's values (SEATModel's defaults then).
     lam, paper = PRESETS["paper"]

@@ -77,8 +77,8 @@ MUTANTS = [
     ("centring_bias_shift_sign", CENTRING, "return -tf.reduce_sum(moved", "return tf.reduce_sum(moved", CENTRING_TESTS),
     ("centring_shift_by_new_kernel", CENTRING, "moved = tf.convert_to_tensor(self.layer.kernel) - kernel_before",
      "moved = tf.convert_to_tensor(self.layer.kernel)", CENTRING_TESTS),
-    ("centring_auto_ignores_threshold", BASE, "if stats is not None and is_uncentred(stats[1], stats[2]) and",
-     "if stats is not None and", CENTRING_TESTS),
+    ("centring_auto_ignores_threshold", BASE, '"auto" and stats is not None and is_uncentred(stats[1], stats[2])',
+     '"auto" and stats is not None', CENTRING_TESTS),
     ("seat_default_centring_off", SEAT, 'kwargs.setdefault("first_layer_centring", "auto")',
      'kwargs.setdefault("first_layer_centring", "off")', CENTRING_TESTS),
     # (Not a mutant: the bias update as a plain assign_add in replica context. Every replica adds

@@ -188,12 +188,14 @@ def is_uncentred(mean, std, max_mean_over_std=0.25):
     return bool(np.any(np.abs(mean) / np.maximum(std, 1e-8) > max_mean_over_std))
 
 
-def warn_if_uncentred(classifier, images, max_mean_over_std=0.25):
+def warn_if_uncentred(classifier, images, max_mean_over_std=0.25, stats=None):
     """Warns (UncenteredInputWarning) when the classifier's first weighted layer gets inputs
     whose channel mean exceeds `max_mean_over_std` of their std: adversarial training on such a
-    classifier ends measurably less robust, and the fix is one layer. Returns the warning text
-    or None."""
-    stats = first_layer_input_stats(classifier, images)
+    classifier ends measurably less robust, and the fix is one layer. `stats`: the
+    `first_layer_input_stats` of `images` if the caller has them already. Returns the warning
+    text or None."""
+    if stats is None:
+        stats = first_layer_input_stats(classifier, images)
     if stats is None:
         return None
     layer, mean, std = stats

@@ -257,10 +257,12 @@ class AdversarialModel(keras.Model):
         if images is None:
             return None
         images = np.asarray(images)
-        stats = first_layer_input_stats(self.classifier, images) if self.first_layer_centring == "auto" else None
-        if stats is not None and is_uncentred(stats[1], stats[2]) and centrable_layer(stats[0]):
+        stats = first_layer_input_stats(self.classifier, images)  # read once: centring or the warning
+        if (self.first_layer_centring == "auto" and stats is not None and is_uncentred(stats[1], stats[2])
+                and centrable_layer(stats[0])):
             return FirstLayerCentring(stats[0], stats[1])
-        warn_if_uncentred(self.classifier, images)
+        if stats is not None:
+            warn_if_uncentred(self.classifier, images, stats=stats)
         return None
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

@@ -71,11 +71,9 @@ class FirstLayerCentring:
     def _column(self, dtype):
         return tf.constant(self.mean.reshape(-1, 1), dtype)  # [inputs, 1], broadcasts over [..., in, out]
 
-    def gradients(self, grads, variables):
-        """grads with the kernel's gradient replaced by that of the centred layer."""
-        kernel, bias = self._indices(variables)
-        if kernel is None:
-            return grads
+    def _centred_gradients(self, grads, kernel, bias):
+        """grads with the kernel's gradient (at position `kernel`) replaced by that of the
+        centred layer."""
         grads = list(grads)
         if grads[kernel] is not None and grads[bias] is not None:
             grads[kernel] = grads[kernel] - self._column(grads[kernel].dtype) * grads[bias]
@@ -89,12 +87,12 @@ class FirstLayerCentring:
 
     def apply(self, optimizer, grads, variables, strategy):
         """optimizer.apply with the centred layer's gradients, then the bias follows c."""
-        kernel, _ = self._indices(variables)
+        kernel, bias = self._indices(variables)
         if kernel is None:
             optimizer.apply(grads, variables)
             return
         kernel_before = tf.identity(tf.convert_to_tensor(self.layer.kernel))
-        optimizer.apply(self.gradients(grads, variables), variables)
+        optimizer.apply(self._centred_gradients(grads, kernel, bias), variables)
         _add_to_variable(self.layer.bias, self.bias_shift(kernel_before), strategy)
 
     def _indices(self, variables):
